@@ -1,0 +1,54 @@
+"""Wiring: the one place that builds the object graph from settings. No globals elsewhere."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from bot.config import Settings
+
+
+@dataclass
+class Bot:
+    settings: Settings
+    embeddings: object
+    kb: object  # bot.knowledge.KnowledgeBase
+
+
+def quiet_libraries() -> None:
+    """Offline and quiet: no hub calls, no telemetry, no library progress bars on our output."""
+    for key, value in {
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "TRANSFORMERS_VERBOSITY": "error",
+        "TOKENIZERS_PARALLELISM": "false",
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "ANONYMIZED_TELEMETRY": "False",
+    }.items():
+        os.environ.setdefault(key, value)
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*langchain-community.*")
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module="langchain_community")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def build_knowledge_base(settings: Settings, embeddings=None):
+    from bot.embeddings import LocalEmbeddings
+    from bot.knowledge import KnowledgeBase
+
+    quiet_libraries()
+    embeddings = embeddings or LocalEmbeddings(settings.embedding_model)
+    return KnowledgeBase(settings, embeddings)
+
+
+def build_bot(settings: Settings, embeddings=None) -> Bot:
+    kb = build_knowledge_base(settings, embeddings)
+    return Bot(settings=settings, embeddings=kb.embeddings, kb=kb)

@@ -1,0 +1,126 @@
+"""`supportbot <command>`: a thin shell over the library. Friendly errors live here and only here.
+
+Flags are generated from the settings dataclasses (`bot.config`): every setting is `--section.name`;
+the common ones also have short spellings (`--kb`, `--data-dir`, `--k`, `--threshold`).
+With `--json` a command prints exactly one JSON object on stdout; logs always go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from pathlib import Path
+
+from bot.config import iter_fields, load_settings
+from bot.errors import SupportbotError
+
+ALIASES = {"kb": ["--kb"], "data_dir": ["--data-dir"], "embedding_model": ["--embedding-model"]}
+COMMAND_ALIASES = {"search": {"retrieval.k": ["--k", "-k"], "retrieval.threshold": ["--threshold"]}}
+
+
+def _common(command: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("settings (defaults < supportbot.toml < SUPPORTBOT_* env < flags)")
+    g.add_argument("--config", type=Path, help="settings file (default: ./supportbot.toml if present)")
+    extra = COMMAND_ALIASES.get(command, {})
+    for name, f, typ in iter_fields():
+        flags = ALIASES.get(name, [f"--{name}"]) + extra.get(name, [])
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        kind = str if typ in (list, bool) else typ
+        g.add_argument(*flags, dest=name, type=kind, default=None, metavar=typ.__name__.upper(),
+                       help=f"{f.metadata.get('help', '')} (default: {default})")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logs on stderr")
+    p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only on stderr")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="supportbot", description="Offline customer-support chatbot.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("sync", parents=[_common("sync")], help="bring the index in line with the knowledge-base folder")
+    p.add_argument("--rebuild", action="store_true", help="throw the index away and build it from the folder")
+    p.add_argument("--allow-empty", action="store_true", help="let an empty folder empty the index")
+    p.set_defaults(func=cmd_sync)
+
+    p = sub.add_parser("search", parents=[_common("search")], help="top passages for a question, with scores")
+    p.add_argument("question")
+    p.add_argument("--no-sync", action="store_true", help="search the index as it is, even if the folder changed")
+    p.set_defaults(func=cmd_search)
+    return parser
+
+
+def _settings(args: argparse.Namespace):
+    overrides = {name: getattr(args, name, None) for name, _, _ in iter_fields()}
+    return load_settings(overrides, config_file=args.config)
+
+
+def _emit(args: argparse.Namespace, payload: dict, text: str) -> None:
+    if args.json:
+        print(json.dumps(payload, ensure_ascii=False))
+    else:
+        print(text)
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from bot.app import build_knowledge_base
+
+    kb = build_knowledge_base(_settings(args))
+    report = kb.sync(rebuild=args.rebuild, allow_empty=args.allow_empty, progress=not args.json)
+    lines = [f"synced {kb.settings.kb} -> {kb.store.root}", report.summary()]
+    for label, names in (("added", report.added), ("changed", report.changed), ("deleted", report.deleted)):
+        lines += [f"  {label}: {n}" for n in names]
+    lines += [f"  skipped: {s['file']}: {s['reason']}" + (" (previous version kept)" if s["kept_previous"] else "")
+              for s in report.skipped]
+    if report.ignored:
+        lines.append(f"  ignored {len(report.ignored)} file(s) of other types (e.g. {report.ignored[0]})")
+    if report.repaired:
+        lines.append(f"  repaired: re-indexed {', '.join(report.repaired)}")
+    _emit(args, report.to_dict(), "\n".join(lines))
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from bot.app import build_knowledge_base
+
+    settings = _settings(args)
+    kb = build_knowledge_base(settings)
+    if settings.knowledge.auto_sync and not args.no_sync:
+        kb.sync()
+    result = kb.search(args.question)
+    if args.json:
+        _emit(args, result.to_dict(), "")
+        return 0
+    lines = []
+    if not result.relevant:
+        lines.append(f"Nothing relevant found (best score {result.best_score:.2f} < threshold {result.threshold:.2f}).")
+        lines.append("Closest passages:" if result.passages else "The index is empty: add documents and run sync.")
+    for p in result.passages:
+        where = f"{p.source}" + (f" > {p.section}" if p.section else "")
+        lines.append(f"[{p.n}] {p.score:.3f}  {where}")
+        lines.append("    " + (p.text[:300] + ("..." if len(p.text) > 300 else "")).replace("\n", "\n    "))
+    print("\n".join(lines))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(message)s")
+    logging.getLogger("bot").setLevel(level)
+    try:
+        return args.func(args)
+    except SupportbotError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; the index was left as it was", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

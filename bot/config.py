@@ -1,0 +1,163 @@
+"""Typed settings in one tree: defaults < supportbot.toml < SUPPORTBOT_* environment < CLI flags.
+
+Every field documents itself through its `help` metadata; the CLI builds its flags from these
+dataclasses (see `bot.cli`), so a field added here is a flag, a config key and an env variable at once.
+Names: field `retrieval.k` is `[retrieval] k = ...` in TOML, `SUPPORTBOT_RETRIEVAL_K` in the
+environment and `--retrieval.k` on the command line; top-level fields drop the section.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from bot.errors import ConfigError
+
+CONFIG_FILE = "supportbot.toml"
+ENV_PREFIX = "SUPPORTBOT_"
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class KnowledgeSettings:
+    chunk_chars: int = _f(900, "target size of a passage in characters (sentences are kept whole)")
+    chunk_overlap: int = _f(150, "characters of context repeated between neighbouring passages")
+    max_file_mb: float = _f(10.0, "files larger than this are skipped with a warning")
+    extensions: list = _f([".md", ".markdown", ".txt", ".html", ".htm", ".pdf"], "file types indexed")
+    watch_seconds: float = _f(2.0, "while serving, how often the folder is checked for edits (0: never)")
+    auto_sync: bool = _f(True, "search/ask first bring the index in line with the folder if it changed")
+
+
+@dataclass
+class RetrievalSettings:
+    k: int = _f(4, "passages returned per question")
+    threshold: float = _f(0.30, "cosine similarity the best passage must reach to count as relevant")
+    candidates: int = _f(40, "candidates taken from each of the dense and lexical rankings before fusion")
+    lexical_weight: float = _f(1.0, "weight of the BM25 ranking in the fusion (0 = dense only)")
+    document_weight: float = _f(1.0, "weight of the whole-file ranking (centroid of its passages) in the fusion")
+    max_per_source: int = _f(0, "at most this many passages of one file in the top k (0: no cap)")
+
+
+@dataclass
+class Settings:
+    kb: Path = _f(Path("knowledge_base"), "knowledge-base folder (Markdown, text, HTML, PDF)")
+    data_dir: Path = _f(Path(".supportbot"), "where the index lives; never inside the knowledge base")
+    embedding_model: str = _f("", "sentence-transformers model path; empty: the bundled all-MiniLM-L6-v2")
+    knowledge: KnowledgeSettings = field(default_factory=KnowledgeSettings)
+    retrieval: RetrievalSettings = field(default_factory=RetrievalSettings)
+
+    def validate(self) -> "Settings":
+        kb, data = self.kb.resolve(), self.data_dir.resolve()
+        if data == kb or kb in data.parents:
+            raise ConfigError(
+                f"the data directory {self.data_dir} is inside the knowledge base {self.kb}",
+                "choose a --data-dir outside the knowledge-base folder (default: .supportbot)",
+            )
+        if not 0.0 <= self.retrieval.threshold <= 1.0:
+            raise ConfigError(f"retrieval.threshold must be within 0..1, got {self.retrieval.threshold}")
+        if self.retrieval.k < 1:
+            raise ConfigError(f"retrieval.k must be at least 1, got {self.retrieval.k}")
+        if self.knowledge.chunk_overlap >= self.knowledge.chunk_chars:
+            raise ConfigError("knowledge.chunk_overlap must be smaller than knowledge.chunk_chars")
+        return self
+
+    @property
+    def index_dir(self) -> Path:
+        return self.data_dir / "index"
+
+
+def iter_fields(cls: type = Settings, prefix: str = ""):
+    """Yield (dotted name, dataclass field, resolved type) for every leaf setting."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from iter_fields(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", f, hints[f.name]
+
+
+def coerce(value: Any, typ: type, name: str) -> Any:
+    """Turn a TOML/env/flag value into the field's type, with a message naming the setting."""
+    try:
+        if typ is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in {"1", "true", "yes", "on"}:
+                return True
+            if text in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError(value)
+        if typ is list:
+            if isinstance(value, list):
+                return value
+            return [v.strip() for v in str(value).split(",") if v.strip()]
+        return typ(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"setting {name}: cannot read {value!r} as {typ.__name__}") from None
+
+
+def _set(settings: Settings, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    obj = settings
+    for p in parents:
+        obj = getattr(obj, p)
+    setattr(obj, leaf, value)
+
+
+def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        key = key.replace("-", "_")
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def env_name(dotted: str) -> str:
+    return ENV_PREFIX + dotted.replace(".", "_").upper()
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None,
+    config_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Resolve the layers. `overrides` are dotted names from the CLI (None values are ignored)."""
+    environ = os.environ if environ is None else environ
+    settings = Settings()
+    known = {name: typ for name, _, typ in iter_fields()}
+
+    path = config_file or Path(environ.get(ENV_PREFIX + "CONFIG", CONFIG_FILE))
+    if config_file is not None and not path.is_file():
+        raise ConfigError(f"config file {path} not found")
+    if path.is_file():
+        try:
+            table = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+            raise ConfigError(f"{path} is not valid TOML: {err}", "fix the file or remove it") from None
+        for name, value in _flatten(table).items():
+            if name not in known:
+                raise ConfigError(f"{path}: unknown setting {name!r}", f"known: {', '.join(sorted(known))}")
+            _set(settings, name, coerce(value, known[name], name))
+
+    for name, typ in known.items():
+        if env_name(name) in environ:
+            _set(settings, name, coerce(environ[env_name(name)], typ, env_name(name)))
+
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            _set(settings, name, coerce(value, known[name], name))
+    return settings.validate()

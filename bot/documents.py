@@ -1,0 +1,171 @@
+"""Folder -> readable sources. Every bad file becomes a `Skipped` with a reason, never an exception.
+
+Two phases keep a sync proportional to the change: `scan_folder` only stats and hashes bytes;
+`read_source` (decode, HTML, PDF) runs for new or changed files alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    rel: str  # POSIX path relative to the knowledge-base folder: the `source` of its passages
+    path: Path
+    sha256: str
+    data: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Skipped:
+    rel: str
+    reason: str
+    # True when the file is there but could not be read this time: its last good version stays
+    # indexed (nothing indexed before is lost). False for files that are gone or empty.
+    keep_previous: bool = True
+
+
+@dataclass
+class FolderScan:
+    entries: dict[str, FileEntry] = field(default_factory=dict)
+    skipped: list[Skipped] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)  # other file types, noted once
+
+    def skip(self, rel: str, reason: str, keep_previous: bool = True) -> None:
+        log.warning("skipped %s: %s", rel, reason)
+        self.skipped.append(Skipped(rel, reason, keep_previous))
+
+
+@dataclass(frozen=True)
+class Source:
+    """A readable document: Markdown-ish text (headings as '#') or, for PDFs, one text per page."""
+
+    rel: str
+    title: str
+    text: str = ""
+    pages: tuple[str, ...] = ()
+
+
+def scan_folder(root: Path, extensions: list[str], max_bytes: int) -> FolderScan:
+    """Walk `root` (subfolders included, hidden entries and symlinked folders left out)."""
+    scan = FolderScan()
+    root = root.resolve()
+    exts = {e.lower() for e in extensions}
+    for dirpath, dirnames, filenames in os.walk(root, onerror=_raise):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not (Path(dirpath) / d).is_symlink())
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            path = Path(dirpath) / name
+            rel = path.relative_to(root).as_posix()
+            if path.suffix.lower() not in exts:
+                scan.ignored.append(rel)
+                continue
+            _scan_file(scan, root, path, rel, max_bytes)
+    if scan.ignored:
+        log.info("ignored %d file(s) of other types, e.g. %s", len(scan.ignored), scan.ignored[0])
+    return scan
+
+
+def _raise(err: OSError) -> None:
+    raise err
+
+
+def _scan_file(scan: FolderScan, root: Path, path: Path, rel: str, max_bytes: int) -> None:
+    try:
+        if path.is_symlink():
+            target = path.resolve()
+            if not target.is_relative_to(root):
+                return scan.skip(rel, f"symlink to {target}, outside the knowledge base", keep_previous=False)
+        size = path.stat().st_size
+        if size > max_bytes:
+            return scan.skip(rel, f"{size / 2**20:.1f} MB is over the {max_bytes / 2**20:.0f} MB limit")
+        with open(path, "rb") as fh:  # read once: hash and parse the same bytes
+            data = fh.read(max_bytes + 1)
+    except FileNotFoundError:
+        return scan.skip(rel, "deleted while it was being read", keep_previous=False)
+    except OSError as err:
+        return scan.skip(rel, f"cannot be read ({err.strerror or err})")
+    scan.entries[rel] = FileEntry(rel, path, hashlib.sha256(data).hexdigest(), data)
+
+
+def read_source(entry: FileEntry) -> Source | Skipped:
+    """Parse one file. Returns `Skipped` with a reason the user can act on."""
+    suffix = entry.path.suffix.lower()
+    if not entry.data.strip():
+        return Skipped(entry.rel, "empty file", keep_previous=False)
+    if suffix == ".pdf":
+        return _read_pdf(entry)
+    if b"\x00" in entry.data[:8192]:
+        return Skipped(entry.rel, f"binary content in a {suffix} file")
+    try:
+        text = entry.data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        log.warning("%s: invalid UTF-8 at byte %d; undecodable bytes replaced", entry.rel, err.start)
+        text = entry.data.decode("utf-8", errors="replace")
+    if suffix in {".html", ".htm"}:
+        return _from_html(entry.rel, text)
+    return Source(entry.rel, _markdown_title(text) or _title_from_name(entry.rel), text=text)
+
+
+def _title_from_name(rel: str) -> str:
+    stem = Path(rel).stem.replace("_", " ").replace("-", " ").strip()
+    return stem[:1].upper() + stem[1:]
+
+
+_H1 = re.compile(r"^#\s+(.+?)\s*#*\s*$", re.M)
+
+
+def _markdown_title(text: str) -> str:
+    m = _H1.search(text)
+    return m.group(1).strip() if m else ""
+
+
+def _from_html(rel: str, html: str) -> Source:
+    from bs4 import BeautifulSoup
+
+    soup = BeautifulSoup(html, features="html.parser")
+    for tag in soup(["script", "style", "noscript", "template", "head"]):
+        if tag.name != "head":
+            tag.decompose()
+    title = soup.title.get_text(" ", strip=True) if soup.title else ""
+    lines = []
+    body = soup.body or soup
+    for el in body.find_all(["h1", "h2", "h3", "h4", "p", "li", "td", "pre", "blockquote", "dt", "dd"]):
+        if el.find_parent(["p", "li", "td", "pre", "blockquote", "dd"]) is not None:
+            continue  # counted with its parent
+        text = " ".join(el.get_text(" ", strip=True).split())
+        if not text:
+            continue
+        if el.name in {"h1", "h2", "h3", "h4"}:
+            lines.append(f"\n{'#' * int(el.name[1])} {text}\n")
+        else:
+            lines.append(("- " if el.name == "li" else "") + text + "\n")
+    text = "\n".join(lines).strip() or " ".join(body.get_text(" ", strip=True).split())
+    return Source(rel, title or _markdown_title(text) or _title_from_name(rel), text=text)
+
+
+def _read_pdf(entry: FileEntry) -> Source | Skipped:
+    from pypdf import PdfReader
+    from pypdf.errors import PyPdfError
+
+    try:
+        reader = PdfReader(io.BytesIO(entry.data))
+        if reader.is_encrypted:
+            return Skipped(entry.rel, "encrypted PDF")
+        pages = tuple(" ".join((p.extract_text() or "").split()) for p in reader.pages)
+        title = (reader.metadata.title if reader.metadata else None) or _title_from_name(entry.rel)
+    except (PyPdfError, ValueError, KeyError, TypeError, OSError) as err:
+        return Skipped(entry.rel, f"corrupt or unreadable PDF ({type(err).__name__}: {err})")
+    if not any(pages):
+        return Skipped(entry.rel, "PDF without extractable text (scanned? run OCR first)")
+    return Source(entry.rel, str(title), pages=pages)

@@ -1,0 +1,152 @@
+"""Search over one immutable index view: dense (FAISS) + lexical (BM25), fused by reciprocal rank.
+
+Every passage returned carries its real cosine similarity to the question, whichever ranking
+found it; the relevance threshold is applied to the best of those, so the chain can refuse.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from langchain_core.callbacks import CallbackManagerForRetrieverRun
+from langchain_core.documents import Document
+from langchain_core.retrievers import BaseRetriever
+
+from bot.config import RetrievalSettings
+from bot.lexical import BM25
+
+RRF_K = 60  # the constant of Cormack et al. (2009); damps the head of each ranking
+
+
+@dataclass(frozen=True)
+class Passage:
+    n: int  # 1-based rank: the [n] a citation uses
+    source: str  # file, relative to the knowledge-base folder
+    section: str
+    title: str
+    text: str  # the passage body, without the "Title > Section" line
+    score: float  # cosine similarity with the question, -1..1
+    id: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class SearchResult:
+    query: str
+    passages: list[Passage]
+    threshold: float
+    seconds: float = 0.0
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def best_score(self) -> float:
+        return max((p.score for p in self.passages), default=0.0)
+
+    @property
+    def relevant(self) -> bool:
+        """False: nothing clears the threshold, and the chain must not answer from these."""
+        return bool(self.passages) and self.best_score >= self.threshold
+
+    def to_dict(self) -> dict:
+        return {
+            "query": self.query,
+            "relevant": self.relevant,
+            "threshold": self.threshold,
+            "best_score": round(self.best_score, 4),
+            "seconds": round(self.seconds, 4),
+            "passages": [p.to_dict() for p in self.passages],
+        }
+
+
+class IndexView:
+    """A read-only snapshot of the index. Never mutated after construction: safe to share."""
+
+    def __init__(self, vs, generation: str = ""):
+        self.vs = vs
+        self.generation = generation
+        n = vs.index.ntotal
+        self.ids = [vs.index_to_docstore_id[i] for i in range(n)]
+        self.docs: list[Document] = [vs.docstore.search(i) for i in self.ids]
+        self.vectors = vs.index.reconstruct_n(0, n) if n else np.zeros((0, vs.index.d), dtype=np.float32)
+        self.bm25 = BM25([d.page_content for d in self.docs])
+        # Whole-file vectors (normalized mean of its passages): a question often names the page's
+        # topic rather than any one sentence of it. No extra embedding is needed.
+        names = sorted({d.metadata["source"] for d in self.docs})
+        self.file_of = np.array([names.index(d.metadata["source"]) for d in self.docs] if n else [], dtype=np.int64)
+        sums = np.zeros((len(names), self.vectors.shape[1]), dtype=np.float32)
+        np.add.at(sums, self.file_of, self.vectors)
+        self.file_vectors = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-9)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def sources(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for d in self.docs:
+            counts[d.metadata["source"]] = counts.get(d.metadata["source"], 0) + 1
+        return counts
+
+    def search(self, query: str, qvec: np.ndarray, params: RetrievalSettings, k: int | None = None) -> SearchResult:
+        k = k or params.k
+        t0 = time.perf_counter()
+        if not len(self):
+            return SearchResult(query, [], params.threshold)
+        pool = min(max(params.candidates, k), len(self))
+        _, dense_idx = self.vs.index.search(qvec.reshape(1, -1).astype(np.float32), pool)
+        fused: dict[int, float] = {}
+        for rank, i in enumerate(int(i) for i in dense_idx[0] if i >= 0):
+            fused[i] = 1.0 / (RRF_K + rank + 1)
+        if params.lexical_weight > 0:
+            for rank, (i, _) in enumerate(self.bm25.top(query, pool)):
+                fused[i] = fused.get(i, 0.0) + params.lexical_weight / (RRF_K + rank + 1)
+        if params.document_weight > 0 and fused:
+            file_rank = np.empty(len(self.file_vectors), dtype=np.int64)
+            file_rank[np.argsort(-(self.file_vectors @ qvec))] = np.arange(len(self.file_vectors))
+            for i in list(fused):
+                fused[i] += params.document_weight / (RRF_K + file_rank[self.file_of[i]] + 1)
+        best = _diverse(sorted(fused, key=lambda i: -fused[i]), self.docs, k, params.max_per_source)
+        cos = self.vectors[best] @ qvec if best else np.zeros(0)
+        passages = []
+        for n, (i, score) in enumerate(zip(best, cos), 1):
+            doc = self.docs[i]
+            body = doc.page_content.split("\n", 1)[-1]
+            meta = doc.metadata
+            passages.append(
+                Passage(n, meta["source"], meta.get("section", ""), meta.get("title", ""), body, float(score), self.ids[i])
+            )
+        return SearchResult(query, passages, params.threshold, time.perf_counter() - t0)
+
+
+def _diverse(order: list[int], docs: list[Document], k: int, cap: int) -> list[int]:
+    """Top k, at most `cap` per source file; the cap relaxes only if too few files compete."""
+    if cap <= 0:
+        return order[:k]
+    picked, per, rest = [], {}, []
+    for i in order:
+        src = docs[i].metadata["source"]
+        if per.get(src, 0) < cap:
+            per[src] = per.get(src, 0) + 1
+            picked.append(i)
+        else:
+            rest.append(i)
+        if len(picked) == k:
+            return picked
+    return picked + rest[: k - len(picked)]
+
+
+class KnowledgeRetriever(BaseRetriever):
+    """LangChain face of the knowledge base: Documents with score/n/section in metadata."""
+
+    kb: object  # bot.knowledge.KnowledgeBase; typed loosely to keep pydantic out of our classes
+    k: int | None = None
+
+    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
+        result = self.kb.search(query, k=self.k)
+        return [
+            Document(page_content=p.text, metadata={**p.to_dict(), "relevant": result.relevant}, id=p.id)
+            for p in result.passages
+        ]

@@ -1,0 +1,1 @@
+"""The Gradio chat page (`supportbot serve`). Not built yet: see the project's issues."""
