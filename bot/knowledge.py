@@ -9,6 +9,7 @@ the new one is built, so a search never waits for a sync.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -174,27 +175,28 @@ class KnowledgeBase:
                 {"file": s.rel, "reason": s.reason, "kept_previous": s.rel in manifest.files and s.keep_previous}
                 for s in scan.skipped
             ]
-            gone = [rel for rel in manifest.files if rel not in new_files and rel not in {s[0].rel for s in sources}]
+            reading = {src.rel for src, _, _ in sources}
+            gone = [rel for rel in manifest.files if rel not in new_files and rel not in reading]
             if not new_files and not sources and manifest.files and not allow_empty:
                 raise KnowledgeBaseError(
                     f"{root} has no readable documents now; the index of {len(manifest.files)} files was kept",
                     "check the folder (wrong --kb?), or run `supportbot sync --allow-empty` to really empty the index",
                 )
-            if fresh and not sources and not gone and live is not None and not rebuild:
+            if fresh and not sources and not gone and live is not None and not rebuild and _counts_agree(live, manifest):
                 report.unchanged = len(new_files)
                 report.files_total = len(new_files)
                 report.chunks_total = sum(f["chunks"] for f in new_files.values())
                 report.generation = live.name
                 report.seconds = time.perf_counter() - t0
                 return report
-            vs, gen = self._apply(live, rebuild or not fresh, sources, gone, new_files, report, scan.entries, progress)
+            vs, gen = self._apply(live, rebuild or not fresh, known, sources, gone, new_files, report, scan.entries, progress)
         report.seconds = time.perf_counter() - t0
         report.generation = gen.name
         self._view = IndexView(vs, gen.name)  # atomic swap: readers move over on their next search
         log.info("sync: %s", report.summary())
         return report
 
-    def _apply(self, live, rebuild, sources, gone, new_files, report, entries, progress):
+    def _apply(self, live, rebuild, known, sources, gone, new_files, report, entries, progress):
         """Write the changes into a new generation and publish it. Returns (vectorstore, generation)."""
         from langchain_core.indexing import index
         from tqdm import tqdm
@@ -204,12 +206,13 @@ class KnowledgeBase:
         try:
             rm = open_record_manager(work / "records.sqlite")
             vs = self._working_copy(live) if not rebuild else new_faiss(self.embeddings, self.embeddings.dim)
-            report.repaired = _reconcile(vs, rm, new_files)
-            for rel in report.repaired:  # re-read from the folder as if it had changed
-                new_files.pop(rel, None)
-                parsed = read_source(entries[rel]) if rel in entries else None
-                if parsed is not None and not isinstance(parsed, Skipped):
-                    sources.append((parsed, entries[rel].sha256, True))
+            report.repaired = [] if rebuild else _reconcile(vs, rm, known)
+            for rel in report.repaired:  # unchanged files among them: re-read as if they had changed
+                if rel in new_files:
+                    del new_files[rel]
+                    parsed = read_source(entries[rel]) if rel in entries else None
+                    if parsed is not None and not isinstance(parsed, Skipped):
+                        sources.append((parsed, entries[rel].sha256, True))
             for rel in gone:
                 report.chunks_deleted += _purge(vs, rm, rel)
                 report.deleted.append(rel)
@@ -311,6 +314,24 @@ def _read_manifest(gen: Path) -> Manifest:
         return Manifest()
 
 
+def _counts_agree(gen: Path, manifest: Manifest) -> bool:
+    """Cheap integrity check of a generation: records and vectors both match the file list's counts."""
+    import sqlite3
+
+    from bot.store import RM_NAMESPACE
+
+    expected = sum(f["chunks"] for f in manifest.files.values())
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{gen / 'records.sqlite'}?mode=ro", uri=True)) as db:
+            (records,) = db.execute("select count(*) from upsertion_record where namespace = ?", (RM_NAMESPACE,)).fetchone()
+        # FAISS flat-index header: 4-byte type tag, int32 dimension, int64 vector count.
+        with open(gen / "vectors.faiss", "rb") as fh:
+            vectors = int.from_bytes(fh.read(16)[8:16], "little")
+    except (sqlite3.Error, OSError):
+        return False
+    return records == expected == vectors
+
+
 def _purge(vs, rm, rel: str) -> int:
     """Remove every passage of one source from both the vector store and the record manager."""
     keys = rm.list_keys(group_ids=[rel])
@@ -322,7 +343,7 @@ def _purge(vs, rm, rel: str) -> int:
 
 
 def _reconcile(vs, rm, files: dict[str, dict]) -> list[str]:
-    """Make the vector store, record manager and file list agree; return sources that need re-indexing.
+    """Make the vector store, record manager and the live file list agree; return sources to re-index.
 
     Generations are published atomically, so this only finds damage done outside a sync (a
     half-copied data dir, a hand-edited database). Whatever disagrees is dropped on both sides,

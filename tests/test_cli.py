@@ -1,0 +1,60 @@
+"""The command line: one JSON object on stdout with --json, logs on stderr, errors without tracebacks."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+from bot.cli import main
+from conftest import SHIPPED_KB
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_sync_and_search_json(tmp_path, capsys):
+    kb = tmp_path / "kb"
+    shutil.copytree(SHIPPED_KB, kb)
+    common = ["--kb", str(kb), "--data-dir", str(tmp_path / "data")]
+    code, out, err = run(capsys, "sync", *common, "--json")
+    report = json.loads(out)  # exactly one JSON object
+    assert code == 0 and report["files_total"] == len(list(kb.rglob("*.md"))) and report["chunks_total"] > 50
+    assert {"added", "changed", "deleted", "unchanged", "skipped", "seconds"} <= report.keys()
+
+    code, out, _ = run(capsys, "search", "How long do refunds take to arrive?", *common, "--k", "3", "--json")
+    result = json.loads(out)
+    assert code == 0 and result["relevant"] and len(result["passages"]) == 3
+    top = result["passages"][0]
+    assert top["source"] == "orders/returns-and-refunds.md" and top["n"] == 1
+    assert {"source", "section", "text", "score"} <= top.keys() and 0 < top["score"] <= 1
+
+    code, out, _ = run(capsys, "search", "Who won the football world cup in 2014?", *common, "--json")
+    assert json.loads(out)["relevant"] is False
+    code, out, _ = run(capsys, "search", "Who won the football world cup in 2014?", *common)
+    assert out.startswith("Nothing relevant found")
+
+
+def test_errors_are_one_clear_message(tmp_path, capsys):
+    code, out, err = run(capsys, "sync", "--kb", str(tmp_path / "missing"), "--data-dir", str(tmp_path / "d"))
+    assert code == 2 and out == ""
+    assert "does not exist" in err and "Traceback" not in err
+    code, _, err = run(capsys, "sync", "--kb", str(tmp_path), "--data-dir", str(tmp_path / "inside"))
+    assert code == 2 and "inside the knowledge base" in err
+
+
+def test_console_script_is_installed(tmp_path):
+    exe = shutil.which("supportbot")
+    assert exe, "pip install -e . should put `supportbot` on PATH"
+    kb = tmp_path / "kb"
+    kb.mkdir()
+    (kb / "a.md").write_text("# Hours\n\nWe open at 9:00.")
+    env = {**os.environ, "SUPPORTBOT_DATA_DIR": str(tmp_path / "data")}
+    proc = subprocess.run([exe, "sync", "--kb", str(kb), "--json"], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["added"] == ["a.md"]
+    assert (tmp_path / "data" / "index" / "CURRENT").is_file()  # the env variable chose the data dir
+    assert sys.executable  # same interpreter family; nothing else to check here

@@ -1,0 +1,117 @@
+"""Reading files: formats, and every kind of bad file from the issue, each with a named reason."""
+
+import os
+
+import pytest
+
+from bot.chunking import ChunkParams, split_source
+from bot.documents import FolderScan, Skipped, Source, _scan_file, read_source, scan_folder
+
+MB = 2**20
+
+
+def minimal_pdf(text: str) -> bytes:
+    """A valid one-page PDF with `text`, built by hand (no PDF writer needed)."""
+    stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode()
+    objs = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+        b"/Resources << /Font << /F1 5 0 R >> >> >>",
+        b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ]
+    out, offsets = b"%PDF-1.4\n", []
+    for i, body in enumerate(objs, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % i + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objs) + 1)
+    out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objs) + 1, xref)
+    return out
+
+
+def scan_one(tmp_path, name, content, max_bytes=10 * MB):
+    root = tmp_path / "kb"
+    root.mkdir(exist_ok=True)
+    (root / name).write_bytes(content)
+    scan = scan_folder(root, [".md", ".txt", ".html", ".pdf"], max_bytes)
+    if name in scan.entries:
+        return read_source(scan.entries[name])
+    return next(s for s in scan.skipped if s.rel == name)
+
+
+@pytest.mark.parametrize(
+    "name, content, reason, keep_previous",
+    [
+        ("empty.md", b"", "empty file", False),
+        ("blank.txt", b"  \n\n ", "empty file", False),
+        ("binary.md", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)), "binary content", True),
+        ("corrupt.pdf", b"%PDF-1.4\n1 0 obj << /Type /Catalog garbage", "corrupt or unreadable PDF", True),
+        ("big.md", b"# Big\n" + b"x" * (50 * MB), "over the 10 MB limit", True),
+    ],
+    ids=["empty", "blank", "binary-named-md", "corrupt-pdf", "50MB"],
+)
+def test_bad_files_are_skipped_with_a_reason(tmp_path, name, content, reason, keep_previous):
+    result = scan_one(tmp_path, name, content)
+    assert isinstance(result, Skipped)
+    assert reason in result.reason
+    assert result.keep_previous is keep_previous
+
+
+def test_invalid_utf8_is_read_with_replacement(tmp_path, caplog):
+    result = scan_one(tmp_path, "latin.md", "# Prices\n\nCaf\xe9 costs 3 euros.".encode("latin-1"))
+    assert isinstance(result, Source)
+    assert "Caf\ufffd costs 3 euros" in result.text
+    assert "invalid UTF-8" in caplog.text
+
+
+def test_symlink_outside_the_folder_is_refused(tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("password=hunter2")
+    root = tmp_path / "kb"
+    root.mkdir()
+    (root / "inside.md").write_text("# Inside\n\nFine.")
+    os.symlink(secret, root / "leak.txt")
+    os.symlink(root / "inside.md", root / "alias.md")  # a link inside the folder is fine
+    scan = scan_folder(root, [".md", ".txt"], MB)
+    assert set(scan.entries) == {"inside.md", "alias.md"}
+    (skip,) = scan.skipped
+    assert skip.rel == "leak.txt" and "outside the knowledge base" in skip.reason
+
+
+def test_file_deleted_while_scanning(tmp_path):
+    scan = FolderScan()
+    _scan_file(scan, tmp_path, tmp_path / "gone.md", "gone.md", MB)
+    assert scan.skipped[0].reason == "deleted while it was being read"
+    assert scan.skipped[0].keep_previous is False
+
+
+def test_other_types_and_hidden_files_are_ignored(tmp_path):
+    root = tmp_path / "kb"
+    (root / ".git").mkdir(parents=True)
+    (root / ".git" / "x.md").write_text("# no")
+    (root / "notes.docx").write_bytes(b"PK")
+    (root / ".draft.md").write_text("# no")
+    (root / "sub" / "deeper").mkdir(parents=True)
+    (root / "sub" / "deeper" / "a.md").write_text("# A\n\nText.")
+    scan = scan_folder(root, [".md"], MB)
+    assert list(scan.entries) == ["sub/deeper/a.md"]
+    assert scan.ignored == ["notes.docx"]
+
+
+def test_pdf_pages_and_html_headings(tmp_path):
+    pdf = scan_one(tmp_path, "guide.pdf", minimal_pdf("Refunds take 5 business days."))
+    assert isinstance(pdf, Source) and "Refunds take 5 business days." in pdf.pages[0]
+    (chunk,) = split_source(pdf, ChunkParams())
+    assert chunk.metadata["section"] == "Page 1"
+
+    html = b"""<html><head><title>Shipping FAQ</title><script>alert('x')</script></head><body>
+    <h1>Shipping FAQ</h1><p>We ship worldwide.</p><h2>Costs</h2><p>Standard costs $5.</p>
+    <ul><li>Express costs $15.</li></ul><style>p{}</style></body></html>"""
+    src = scan_one(tmp_path, "faq.html", html)
+    assert src.title == "Shipping FAQ" and "alert" not in src.text
+    chunks = split_source(src, ChunkParams())
+    assert [c.metadata["section"] for c in chunks] == ["", "Costs"]
+    assert "Express costs $15." in chunks[1].page_content

@@ -1,0 +1,203 @@
+"""Sync round trips on real files with the real MiniLM and real FAISS."""
+
+import json
+import os
+import shutil
+import threading
+import time
+
+import pytest
+
+from bot.errors import KnowledgeBaseError
+from conftest import clean_build, index_content, write
+
+A = "# Refunds\n\nRefunds take 5 business days.\n\n## Exceptions\n\nGift cards are refunded as a new gift card.\n"
+B = "# Shipping\n\nStandard shipping costs $6.95 and takes 3 to 5 days.\n"
+C = "Plain text about opening hours: 8:00 to 20:00 Eastern Time."
+
+
+def sources(kb):
+    return sorted(kb.view().sources().items())
+
+
+def test_add_edit_delete_rename_round_trip(make_kb, embeddings, tmp_path):
+    kb = make_kb({"refunds.md": A, "sub/shipping.md": B, "hours.txt": C})
+    r = kb.sync()
+    assert sorted(r.added) == ["hours.txt", "refunds.md", "sub/shipping.md"]
+    assert r.chunks_embedded == r.chunks_total == 4
+    assert sources(kb) == [("hours.txt", 1), ("refunds.md", 2), ("sub/shipping.md", 1)]
+
+    # unchanged: nothing read again, nothing embedded, no new generation
+    kb.embeddings.embedded.clear()
+    r = kb.sync()
+    assert (r.unchanged, r.chunks_embedded, kb.embeddings.embedded) == (3, 0, [])
+
+    # edit one section of one file: only the changed passage is embedded
+    write(kb.settings.kb / "refunds.md", A.replace("5 business days", "7 business days"))
+    r = kb.sync()
+    assert r.changed == ["refunds.md"] and r.unchanged == 2
+    assert kb.embeddings.embedded == ["Refunds\nRefunds take 7 business days."]
+    assert (r.chunks_embedded, r.chunks_deleted, r.chunks_total) == (1, 1, 4)
+    texts = [t for s, t in index_content(kb) if s == "refunds.md"]
+    assert any("7 business days" in t for t in texts) and not any("5 business days" in t for t in texts)
+
+    # delete: nothing of the file is left
+    (kb.settings.kb / "hours.txt").unlink()
+    r = kb.sync()
+    assert r.deleted == ["hours.txt"] and r.chunks_deleted == 1
+    assert "hours.txt" not in kb.view().sources()
+
+    # rename: new path in, old path out, same count
+    os.rename(kb.settings.kb / "sub/shipping.md", kb.settings.kb / "shipping-rates.md")
+    r = kb.sync()
+    assert r.added == ["shipping-rates.md"] and r.deleted == ["sub/shipping.md"]
+    assert sources(kb) == [("refunds.md", 2), ("shipping-rates.md", 1)]
+
+    # no duplicates anywhere, and the result equals a clean build of the folder
+    view = kb.view()
+    assert len(set(view.ids)) == len(view.ids) == len(view.vs.docstore._dict) == view.vs.index.ntotal
+    assert index_content(kb) == clean_build(kb.settings.kb, tmp_path / "clean", embeddings)
+
+
+def test_persists_across_restart_and_stores_no_pickle(make_kb):
+    kb = make_kb({"refunds.md": A})
+    kb.sync()
+    again = make_kb()  # a new process would build exactly this
+    hit = again.search("how long do refunds take?")
+    assert hit.passages[0].source == "refunds.md" and hit.relevant
+    gen = again.store.current()
+    assert sorted(p.name for p in gen.iterdir()) == ["files.json", "passages.json", "records.sqlite", "vectors.faiss"]
+    for path in gen.iterdir():
+        head = path.read_bytes()[:2]
+        assert head[:1] != b"\x80", f"{path.name} looks like a pickle"
+    json.loads((gen / "passages.json").read_text())  # plain JSON
+    r = again.sync()
+    assert r.unchanged == 1 and r.chunks_embedded == 0
+
+
+def test_bad_files_skip_with_names_and_lose_nothing(make_kb):
+    kb = make_kb({"refunds.md": A, "notes.md": B})
+    kb.sync()
+    folder = kb.settings.kb
+    write(folder / "notes.md", b"\x00\x01binary now")  # was good, now unreadable: keep the old version
+    write(folder / "empty.md", "")
+    write(folder / "bad.pdf", b"%PDF-1.4 broken")
+    write(folder / "image.png", b"\x89PNG")
+    write(folder / "hours.txt", C)
+    r = kb.sync()
+    skipped = {s["file"]: s for s in r.skipped}
+    assert set(skipped) == {"notes.md", "empty.md", "bad.pdf"}
+    assert skipped["notes.md"]["kept_previous"] is True and "binary" in skipped["notes.md"]["reason"]
+    assert r.ignored == ["image.png"] and r.added == ["hours.txt"]
+    assert sources(kb) == [("hours.txt", 1), ("notes.md", 1), ("refunds.md", 2)]
+
+
+def test_empty_or_missing_folder_never_wipes_the_index(make_kb):
+    kb = make_kb({"refunds.md": A})
+    kb.sync()
+    (kb.settings.kb / "refunds.md").unlink()
+    with pytest.raises(KnowledgeBaseError, match="no readable documents now; the index of 1 files was kept"):
+        kb.sync()
+    assert len(kb.view()) == 2
+    shutil.rmtree(kb.settings.kb)
+    with pytest.raises(KnowledgeBaseError, match="does not exist"):
+        kb.sync()
+    kb._view = None
+    assert len(kb.view()) == 2  # reloaded from disk: still whole
+    kb.settings.kb.mkdir()
+    r = kb.sync(allow_empty=True)
+    assert r.deleted == ["refunds.md"] and len(kb.view()) == 0
+
+
+@pytest.mark.parametrize("crash_in", ["save_generation", "commit", "index"])
+def test_crash_mid_sync_leaves_the_live_index_whole(make_kb, monkeypatch, embeddings, tmp_path, crash_in):
+    kb = make_kb({"refunds.md": A, "shipping.md": B})
+    kb.sync()
+    before = index_content(kb)
+    write(kb.settings.kb / "hours.txt", C)
+    (kb.settings.kb / "shipping.md").unlink()
+
+    import bot.knowledge
+    import bot.store
+
+    target = {"save_generation": (bot.knowledge, "save_generation"), "commit": (bot.store.IndexStore, "commit"),
+              "index": (__import__("langchain_core.indexing", fromlist=["index"]), "index")}[crash_in]
+    monkeypatch.setattr(*target, lambda *a, **k: (_ for _ in ()).throw(RuntimeError("power cut")))
+    with pytest.raises(RuntimeError, match="power cut"):
+        kb.sync()
+    monkeypatch.undo()
+    assert index_content(make_kb()) == before  # a fresh reader sees the old generation, whole
+    assert not list(kb.store.root.glob("tmp-*"))
+    kb.sync()
+    assert index_content(kb) == clean_build(kb.settings.kb, tmp_path / "clean", embeddings)
+
+
+def test_disagreeing_records_and_vectors_are_repaired(make_kb, embeddings, tmp_path):
+    import sqlite3
+
+    kb = make_kb({"refunds.md": A, "shipping.md": B, "hours.txt": C})
+    kb.sync()
+    gen = kb.store.current()
+    with sqlite3.connect(gen / "records.sqlite") as db:  # damage done outside a sync
+        (key,) = db.execute("select key from upsertion_record where group_id = 'refunds.md' limit 1").fetchone()
+        db.execute("delete from upsertion_record where key = ?", (key,))
+    kb._view = None
+    r = kb.sync()
+    assert r.repaired == ["refunds.md"]
+    assert index_content(kb) == clean_build(kb.settings.kb, tmp_path / "clean", embeddings)
+    assert kb.sync().repaired == []
+
+
+def test_searches_keep_answering_while_a_sync_runs(make_kb):
+    kb = make_kb({"refunds.md": A})
+    kb.sync()
+    for i in range(40):
+        write(kb.settings.kb / f"bulk/{i}.md", f"# Topic {i}\n\nFiller text number {i} about warehouses.")
+    errors, answers = [], []
+
+    def searcher():
+        while not done.is_set():
+            try:
+                answers.append(kb.search("how long do refunds take").passages[0].source)
+            except Exception as err:  # noqa: BLE001 - any error fails the test below
+                errors.append(err)
+
+    done = threading.Event()
+    threads = [threading.Thread(target=searcher) for _ in range(2)]
+    for t in threads:
+        t.start()
+    kb.sync()
+    done.set()
+    for t in threads:
+        t.join()
+    assert not errors and answers and set(answers) == {"refunds.md"}
+    assert len(kb.view().sources()) == 41
+
+
+def test_watcher_picks_up_edits_within_seconds(make_kb):
+    kb = make_kb({"refunds.md": A}, watch_seconds=0.2)
+    kb.sync()
+    kb.start_watching()
+    try:
+        write(kb.settings.kb / "promo.md", "# Promotions\n\nThe spring sale code SPRING25 gives 25% off.")
+        deadline = time.monotonic() + 20
+        while "promo.md" not in kb.view().sources() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert kb.search("spring sale code").passages[0].source == "promo.md"
+        (kb.settings.kb / "promo.md").unlink()
+        deadline = time.monotonic() + 20
+        while "promo.md" in kb.view().sources() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "promo.md" not in kb.view().sources()
+    finally:
+        kb.stop_watching()
+
+
+def test_chunker_change_rebuilds_and_rebuild_flag(make_kb):
+    kb = make_kb({"refunds.md": A})
+    kb.sync()
+    smaller = make_kb(chunk_chars=40, chunk_overlap=0)
+    r = smaller.sync()
+    assert r.added == ["refunds.md"] and r.chunks_total > 2
+    r = smaller.sync(rebuild=True)
+    assert r.added == ["refunds.md"] and r.chunks_embedded == r.chunks_total

@@ -1,0 +1,66 @@
+"""Search quality and scores on the shipped help center, with the real model."""
+
+import numpy as np
+import pytest
+
+from bot.lexical import BM25, tokenize
+
+
+def test_bm25_ranks_term_matches_and_folds_plurals():
+    bm = BM25(["refunds take five days", "shipping is free", "the refund policy", "nothing here"])
+    top = bm.top("refund", 4)
+    assert [i for i, _ in top] == [2, 0] or [i for i, _ in top] == [0, 2]
+    assert all(score > 0 for _, score in top) and 3 not in dict(top)
+    assert tokenize("Hello, I need the Refunds!") == ["refund"]
+
+
+@pytest.fixture(scope="module")
+def shipped(tmp_path_factory, embeddings):
+    from bot.config import Settings
+    from bot.knowledge import KnowledgeBase
+    from conftest import SHIPPED_KB
+
+    kb = KnowledgeBase(Settings(kb=SHIPPED_KB, data_dir=tmp_path_factory.mktemp("data")).validate(), embeddings)
+    kb.sync()
+    return kb
+
+
+@pytest.mark.parametrize(
+    "question, source",
+    [
+        ("How much is the Premium plan per year?", "plans/pricing-and-plans.md"),
+        ("How many days do I have to send a product back?", "orders/returns-and-refunds.md"),
+        ("What does error code E7 mean?", "troubleshooting/error-codes.md"),
+        ("How do I reset my password?", "account/login-and-password.md"),
+        ("Do you ship to Australia?", "orders/international-shipping.md"),
+        ("Can I use Alexa with my thermostat?", "integrations/voice-assistants.md"),
+    ],
+)
+def test_clear_questions_find_their_page(shipped, question, source):
+    result = shipped.search(question)
+    assert result.relevant
+    assert source in [p.source for p in result.passages[:2]]
+
+
+def test_scores_are_real_cosines(shipped):
+    q = "What payment methods do you accept?"
+    result = shipped.search(q, k=4)
+    qv = np.asarray(shipped.embeddings.embed_query(q))
+    for p in result.passages:
+        doc_vec = shipped.view().vectors[shipped.view().ids.index(p.id)]
+        assert p.score == pytest.approx(float(doc_vec @ qv), abs=1e-5)
+        assert -1 <= p.score <= 1
+
+
+@pytest.mark.parametrize("question", ["What is the capital of Australia?", "Write me a poem about the sea"])
+def test_out_of_scope_questions_fall_below_the_threshold(shipped, question):
+    result = shipped.search(question)
+    assert not result.relevant and result.best_score < shipped.settings.retrieval.threshold
+
+
+def test_langchain_retriever_face(shipped):
+    from bot.retrieval import KnowledgeRetriever
+
+    docs = KnowledgeRetriever(kb=shipped, k=2).invoke("How long does standard shipping take?")
+    assert len(docs) == 2 and docs[0].metadata["source"] == "orders/shipping.md"
+    assert docs[0].metadata["n"] == 1 and docs[0].metadata["relevant"] is True
