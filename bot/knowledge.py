@@ -24,6 +24,7 @@ from bot.chunking import ChunkParams, split_source
 from bot.config import Settings
 from bot.documents import Skipped, read_source, scan_folder
 from bot.errors import KnowledgeBaseError
+from bot.lexical import Lexicon
 from bot.retrieval import IndexView, SearchResult
 from bot.store import IndexStore, Manifest, load_generation, new_faiss, open_record_manager, save_generation
 
@@ -69,6 +70,7 @@ class KnowledgeBase:
         self.store = IndexStore(settings.index_dir)
         self.params = ChunkParams(settings.knowledge.chunk_chars, settings.knowledge.chunk_overlap)
         self._view: IndexView | None = None
+        self._lexicon = Lexicon()  # term counts cached across views: a sync re-tokenizes only what changed
         self._sync_lock = threading.Lock()
         self._synced_fingerprint: tuple | None = None
         self._watcher: threading.Thread | None = None
@@ -88,9 +90,9 @@ class KnowledgeBase:
     def _load_view(self) -> IndexView:
         gen = self.store.current()
         if gen is None:
-            return IndexView(new_faiss(self.embeddings, self.embeddings.dim))
+            return IndexView(new_faiss(self.embeddings, self.embeddings.dim), lexicon=self._lexicon)
         vs, _ = load_generation(gen, self.embeddings, self.embeddings.dim)
-        return IndexView(vs, gen.name)
+        return IndexView(vs, gen.name, self._lexicon)
 
     def search(self, query: str, k: int | None = None) -> SearchResult:
         t0 = time.perf_counter()
@@ -192,7 +194,7 @@ class KnowledgeBase:
             vs, gen = self._apply(live, rebuild or not fresh, known, sources, gone, new_files, report, scan.entries, progress)
         report.seconds = time.perf_counter() - t0
         report.generation = gen.name
-        self._view = IndexView(vs, gen.name)  # atomic swap: readers move over on their next search
+        self._view = IndexView(vs, gen.name, self._lexicon)  # atomic swap: readers move over on their next search
         log.info("sync: %s", report.summary())
         return report
 

@@ -19,7 +19,7 @@ from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 
 from bot.config import RetrievalSettings
-from bot.lexical import BM25
+from bot.lexical import BM25, Lexicon
 
 
 
@@ -68,14 +68,14 @@ class SearchResult:
 class IndexView:
     """A read-only snapshot of the index. Never mutated after construction: safe to share."""
 
-    def __init__(self, vs, generation: str = ""):
+    def __init__(self, vs, generation: str = "", lexicon: Lexicon | None = None):
         self.vs = vs
         self.generation = generation
         n = vs.index.ntotal
         self.ids = [vs.index_to_docstore_id[i] for i in range(n)]
         self.docs: list[Document] = [vs.docstore.search(i) for i in self.ids]
         self.vectors = vs.index.reconstruct_n(0, n) if n else np.zeros((0, vs.index.d), dtype=np.float32)
-        self.bm25 = BM25([d.page_content for d in self.docs])
+        self.bm25 = BM25([d.page_content for d in self.docs], lexicon=lexicon, ids=self.ids)
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -1,0 +1,101 @@
+"""Sync cost on a generated 1,000-file folder, and ingestion overhead against sentence-transformers.
+
+    python bench/sync.py [--files 1000] [--json]
+
+Reports: full build; one file edited; one file deleted (seconds, passages embedded); the ratio of
+the one-file sync to embedding that file's passages alone (goal <= 1.5); and the full build's
+throughput against sentence-transformers encoding the same passages directly (goal: <= 10% overhead).
+All in one process with the same model, so the ratios compare like with like.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bot.app import build_knowledge_base  # noqa: E402
+from bot.chunking import split_source  # noqa: E402
+from bot.config import Settings  # noqa: E402
+from bot.documents import read_source, scan_folder  # noqa: E402
+
+TOPICS = ["billing", "shipping", "refunds", "accounts", "security", "devices", "plans", "integrations"]
+VERBS = ["takes", "costs", "needs", "allows", "requires", "includes", "supports", "limits"]
+THINGS = ["an invoice", "a refund", "a parcel", "a login code", "the warranty", "a sensor", "the app", "a plan"]
+
+
+def page(rng: random.Random, i: int) -> str:
+    def sentence() -> str:
+        return f"{rng.choice(THINGS).capitalize()} {rng.choice(VERBS)} {rng.randint(2, 90)} {rng.choice(['days', 'dollars', 'minutes', 'steps'])} in case {rng.randint(1, 9999)}."
+
+    sections = [f"# Article {i}: {rng.choice(TOPICS)}\n"]
+    for s in range(2):
+        sections.append(f"## Part {s + 1}\n\n" + " ".join(sentence() for _ in range(rng.randint(5, 9))) + "\n")
+    return "\n".join(sections)
+
+
+def timed(fn):
+    t = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--files", type=int, default=1000)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    rng = random.Random(1234)
+    log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "kb"
+        for i in range(args.files):
+            path = folder / f"section{i % 20:02d}" / f"article{i:04d}.md"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(page(rng, i))
+        kb = build_knowledge_base(Settings(kb=folder, data_dir=Path(tmp) / "data").validate())
+        emb = kb.embeddings
+        emb.embed_documents(["warm-up"] * 8)
+
+        full, t_full = timed(kb.sync)
+        log(f"full build: {args.files} files, {full.chunks_embedded} passages in {t_full:.1f} s")
+        noop, t_noop = timed(kb.sync)
+
+        target = folder / "section07" / "article0427.md"
+        target.write_text(page(rng, 427))
+        edit, t_edit = timed(kb.sync)
+        entry = scan_folder(folder, [".md"], 10 * 2**20).entries["section07/article0427.md"]
+        texts = [d.page_content for d in split_source(read_source(entry), kb.params)]
+        t_alone = min(timed(lambda: emb.embed_documents(texts))[1] for _ in range(5))
+
+        (folder / "section03" / "article0123.md").unlink()
+        delete, t_delete = timed(kb.sync)
+
+        all_texts = [d.page_content for d in kb.view().docs]
+        _, t_st = timed(lambda: emb.encode(all_texts))
+
+    payload = {
+        "files": args.files,
+        "full_build": {"seconds": round(t_full, 2), "passages_embedded": full.chunks_embedded},
+        "no_change": {"seconds": round(t_noop, 3), "passages_embedded": noop.chunks_embedded},
+        "one_file_edited": {"seconds": round(t_edit, 3), "passages_embedded": edit.chunks_embedded,
+                            "embed_alone_seconds": round(t_alone, 3), "ratio_to_embedding_alone": round(t_edit / t_alone, 2)},
+        "one_file_deleted": {"seconds": round(t_delete, 3), "passages_deleted": delete.chunks_deleted},
+        "ingestion": {"supportbot_passages_per_s": round(full.chunks_embedded / t_full, 1),
+                      "sentence_transformers_passages_per_s": round(len(all_texts) / t_st, 1),
+                      "overhead_pct": round(100 * (t_full / full.chunks_embedded) / (t_st / len(all_texts)) - 100, 1)},
+    }
+    if args.json:
+        print(json.dumps(payload))
+    else:
+        print(json.dumps(payload, indent=1))
+
+
+if __name__ == "__main__":
+    main()
