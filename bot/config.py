@@ -41,7 +41,7 @@ class KnowledgeSettings:
 @dataclass
 class RetrievalSettings:
     k: int = _f(4, "passages returned per question")
-    threshold: float = _f(0.30, "cosine similarity the best passage must reach to count as relevant")
+    threshold: float = _f(0.35, "cosine similarity the best passage must reach to count as relevant")
     candidates: int = _f(40, "candidates taken from each of the dense and lexical rankings before fusion")
     lexical_weight: float = _f(0.5, "fused score = cosine + this x BM25 / best BM25 of the query (0: dense only)")
     max_per_source: int = _f(0, "at most this many passages of one file in the top k (0: no cap)")

@@ -231,7 +231,7 @@ class KnowledgeBase:
             self.embeddings.on_batch = bar.update
             try:
                 result = index(
-                    docs, rm, vs, cleanup="incremental", source_id_key="source", key_encoder="sha256", batch_size=64
+                    docs, rm, vs, cleanup="incremental", source_id_key="source", key_encoder="sha256", batch_size=256
                 )
             finally:
                 self.embeddings.on_batch = None
