@@ -39,6 +39,7 @@ class FolderScan:
     entries: dict[str, FileEntry] = field(default_factory=dict)
     skipped: list[Skipped] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)  # other file types, noted once
+    stats: dict[str, tuple[int, int]] = field(default_factory=dict)  # rel -> (size, mtime_ns), as in folder_stats
 
     def skip(self, rel: str, reason: str, keep_previous: bool = True) -> None:
         log.warning("skipped %s: %s", rel, reason)
@@ -55,22 +56,47 @@ class Source:
     pages: tuple[str, ...] = ()
 
 
-def scan_folder(root: Path, extensions: list[str], max_bytes: int) -> FolderScan:
-    """Walk `root` (subfolders included, hidden entries and symlinked folders left out)."""
-    scan = FolderScan()
-    root = root.resolve()
+def walk_folder(root: Path, extensions: list[str]):
+    """Yield (relative POSIX path, path, indexable?) for every file under `root`.
+
+    Subfolders are included; hidden entries and symlinked folders are left out. The one walker
+    behind both the sync's scan and the watcher's cheap stat check, so the two always agree.
+    """
     exts = {e.lower() for e in extensions}
     for dirpath, dirnames, filenames in os.walk(root, onerror=_raise):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not (Path(dirpath) / d).is_symlink())
         for name in sorted(filenames):
-            if name.startswith("."):
-                continue
-            path = Path(dirpath) / name
-            rel = path.relative_to(root).as_posix()
-            if path.suffix.lower() not in exts:
-                scan.ignored.append(rel)
-                continue
+            if not name.startswith("."):
+                path = Path(dirpath) / name
+                yield path.relative_to(root).as_posix(), path, path.suffix.lower() in exts
+
+
+def folder_stats(root: Path, extensions: list[str]) -> dict[str, tuple[int, int]]:
+    """(size, mtime_ns) of each indexable file, by stat alone: what the watcher compares between polls."""
+    root = root.resolve()
+    stats: dict[str, tuple[int, int]] = {}
+    try:
+        for rel, path, indexable in walk_folder(root, extensions):
+            if indexable and _outside_target(root, path) is None:
+                try:
+                    st = path.stat()
+                except OSError:
+                    continue
+                stats[rel] = (st.st_size, st.st_mtime_ns)
+    except OSError:
+        return {}  # a missing or unreadable folder: the sync itself says so, clearly
+    return stats
+
+
+def scan_folder(root: Path, extensions: list[str], max_bytes: int) -> FolderScan:
+    """Stat, read and hash every indexable file under `root` (see `walk_folder` for what is walked)."""
+    scan = FolderScan()
+    root = root.resolve()
+    for rel, path, indexable in walk_folder(root, extensions):
+        if indexable:
             _scan_file(scan, root, path, rel, max_bytes)
+        else:
+            scan.ignored.append(rel)
     if scan.ignored:
         log.info("ignored %d file(s) of other types, e.g. %s", len(scan.ignored), scan.ignored[0])
     return scan
@@ -80,15 +106,24 @@ def _raise(err: OSError) -> None:
     raise err
 
 
+def _outside_target(root: Path, path: Path) -> Path | None:
+    """The target of a symlink that leaves `root`, else None."""
+    if path.is_symlink():
+        target = path.resolve()
+        if not target.is_relative_to(root):
+            return target
+    return None
+
+
 def _scan_file(scan: FolderScan, root: Path, path: Path, rel: str, max_bytes: int) -> None:
     try:
-        if path.is_symlink():
-            target = path.resolve()
-            if not target.is_relative_to(root):
-                return scan.skip(rel, f"symlink to {target}, outside the knowledge base", keep_previous=False)
-        size = path.stat().st_size
-        if size > max_bytes:
-            return scan.skip(rel, f"{size / 2**20:.1f} MB is over the {max_bytes / 2**20:.0f} MB limit")
+        target = _outside_target(root, path)
+        if target is not None:
+            return scan.skip(rel, f"symlink to {target}, outside the knowledge base", keep_previous=False)
+        st = path.stat()
+        scan.stats[rel] = (st.st_size, st.st_mtime_ns)  # taken before reading: a later edit shows next time
+        if st.st_size > max_bytes:
+            return scan.skip(rel, f"{st.st_size / 2**20:.1f} MB is over the {max_bytes / 2**20:.0f} MB limit")
         with open(path, "rb") as fh:  # read once: hash and parse the same bytes
             data = fh.read(max_bytes + 1)
     except FileNotFoundError:

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import shutil
 import threading
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,7 +22,7 @@ import numpy as np
 
 from bot.chunking import ChunkParams, split_source
 from bot.config import Settings
-from bot.documents import Skipped, read_source, scan_folder
+from bot.documents import Skipped, folder_stats, read_source, scan_folder
 from bot.errors import KnowledgeBaseError
 from bot.lexical import Lexicon
 from bot.retrieval import IndexView, SearchResult
@@ -106,32 +106,19 @@ class KnowledgeBase:
     # ---------------------------------------------------------------- syncing
     def fingerprint(self) -> tuple:
         """Cheap (stat only) summary of the folder: changes whenever a file is added/edited/removed."""
-        out = []
-        root = self.settings.kb
-        exts = {e.lower() for e in self.settings.knowledge.extensions}
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-            for name in filenames:
-                if Path(name).suffix.lower() in exts and not name.startswith("."):
-                    try:
-                        st = os.stat(os.path.join(dirpath, name))
-                    except OSError:
-                        continue
-                    out.append((dirpath, name, st.st_size, st.st_mtime_ns))
-        return tuple(sorted(out))
+        return tuple(sorted(folder_stats(self.settings.kb, self.settings.knowledge.extensions).items()))
 
     def is_stale(self) -> bool:
         return self._synced_fingerprint is None or self.fingerprint() != self._synced_fingerprint
 
     def sync(self, rebuild: bool = False, allow_empty: bool = False, progress: bool = False) -> SyncReport:
         with self._sync_lock:
-            fingerprint = self.fingerprint()  # taken before the scan: edits during the sync show next time
-            report = self._sync(rebuild, allow_empty, progress)
-            self._synced_fingerprint = fingerprint
+            report, fingerprint = self._sync(rebuild, allow_empty, progress)
+            self._synced_fingerprint = fingerprint  # from the scan's own stats: no second walk
             self.last_report, self.last_error = report, ""
             return report
 
-    def _sync(self, rebuild: bool, allow_empty: bool, progress: bool) -> SyncReport:
+    def _sync(self, rebuild: bool, allow_empty: bool, progress: bool) -> tuple[SyncReport, tuple]:
         t0 = time.perf_counter()
         root = self.settings.kb
         if not root.is_dir():
@@ -148,6 +135,7 @@ class KnowledgeBase:
                 "check the folder's permissions",
             ) from None
         report = SyncReport(ignored=scan.ignored)
+        fingerprint = tuple(sorted(scan.stats.items()))
         with self.store.writer():
             live = self.store.current()
             manifest = Manifest()
@@ -190,13 +178,13 @@ class KnowledgeBase:
                 report.chunks_total = sum(f["chunks"] for f in new_files.values())
                 report.generation = live.name
                 report.seconds = time.perf_counter() - t0
-                return report
+                return report, fingerprint
             vs, gen = self._apply(live, rebuild or not fresh, known, sources, gone, new_files, report, scan.entries, progress)
         report.seconds = time.perf_counter() - t0
         report.generation = gen.name
         self._view = IndexView(vs, gen.name, self._lexicon)  # atomic swap: readers move over on their next search
         log.info("sync: %s", report.summary())
-        return report
+        return report, fingerprint
 
     def _apply(self, live, rebuild, known, sources, gone, new_files, report, entries, progress):
         """Write the changes into a new generation and publish it. Returns (vectorstore, generation)."""
@@ -334,6 +322,15 @@ def _counts_agree(gen: Path, manifest: Manifest) -> bool:
     return records == expected == vectors
 
 
+def _all_keys(rm) -> set[str]:
+    """Every key the record manager holds: `rm.list_keys()` without an ORM object per row (0.3 s at 2,000)."""
+    from sqlalchemy import text
+
+    with rm.engine.connect() as conn:
+        rows = conn.execute(text("select key from upsertion_record where namespace = :ns"), {"ns": rm.namespace})
+        return {key for (key,) in rows}
+
+
 def _purge(vs, rm, rel: str) -> int:
     """Remove every passage of one source from both the vector store and the record manager."""
     keys = rm.list_keys(group_ids=[rel])
@@ -352,15 +349,13 @@ def _reconcile(vs, rm, files: dict[str, dict]) -> list[str]:
     and the files involved are re-indexed from the folder, as a clean build would.
     """
     in_vs = set(vs.index_to_docstore_id.values())
-    in_rm = set(rm.list_keys())
+    in_rm = _all_keys(rm)
     extra_vs, extra_rm = in_vs - in_rm, in_rm - in_vs
     if extra_vs:
         vs.delete(list(extra_vs))
     if extra_rm:
         rm.delete_keys(list(extra_rm))
-    counts: dict[str, int] = {}
-    for doc in vs.docstore._dict.values():
-        counts[doc.metadata["source"]] = counts.get(doc.metadata["source"], 0) + 1
+    counts = Counter(doc.metadata["source"] for doc in vs.docstore._dict.values())
     damaged = sorted(rel for rel, meta in files.items() if counts.get(rel, 0) != meta["chunks"])
     orphans = sorted(set(counts) - files.keys())
     for rel in orphans:

@@ -11,6 +11,7 @@ found it; the relevance threshold is applied to the best of those, so the chain 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -81,10 +82,7 @@ class IndexView:
         return len(self.ids)
 
     def sources(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for d in self.docs:
-            counts[d.metadata["source"]] = counts.get(d.metadata["source"], 0) + 1
-        return counts
+        return dict(Counter(d.metadata["source"] for d in self.docs))
 
     def search(self, query: str, qvec: np.ndarray, params: RetrievalSettings, k: int | None = None) -> SearchResult:
         k = k or params.k
@@ -101,14 +99,13 @@ class IndexView:
         top_bm25 = max(lexical.values(), default=1.0)
         fused = {i: cosine[i] + params.lexical_weight * lexical.get(i, 0.0) / top_bm25 for i in order}
         best = _diverse(sorted(fused, key=lambda i: -fused[i]), self.docs, k, params.max_per_source)
-        cos = [cosine[i] for i in best]
         passages = []
-        for n, (i, score) in enumerate(zip(best, cos), 1):
+        for n, i in enumerate(best, 1):
             doc = self.docs[i]
             body = doc.page_content.split("\n", 1)[-1]
             meta = doc.metadata
             passages.append(
-                Passage(n, meta["source"], meta.get("section", ""), meta.get("title", ""), body, float(score), self.ids[i])
+                Passage(n, meta["source"], meta.get("section", ""), meta.get("title", ""), body, cosine[i], self.ids[i])
             )
         return SearchResult(query, passages, params.threshold, time.perf_counter() - t0)
 

@@ -201,3 +201,28 @@ def test_chunker_change_rebuilds_and_rebuild_flag(make_kb):
     assert r.added == ["refunds.md"] and r.chunks_total > 2
     r = smaller.sync(rebuild=True)
     assert r.added == ["refunds.md"] and r.chunks_embedded == r.chunks_total
+
+
+def test_sync_and_watcher_see_the_folder_the_same_way(make_kb, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    write(outside / "secret.md", "# Secret\n\nNot for the index.")
+    kb = make_kb({"refunds.md": A, "big.md": "# Big\n\n" + "x" * 2_000_000}, max_file_mb=1)
+    os.symlink(outside / "secret.md", kb.settings.kb / "leak.md")
+    os.symlink(outside, kb.settings.kb / "linked-folder")
+    kb.sync()
+    assert not kb.is_stale()  # else the watcher would re-sync on every poll
+    write(kb.settings.kb / "refunds.md", A + "\nMore.")
+    assert kb.is_stale()
+
+
+def test_all_keys_matches_the_record_managers_own_list(tmp_path):
+    # _all_keys reads the table directly (no ORM object per row); pin it to the library's answer,
+    # so a LangChain upgrade that renames the table fails here rather than silently repairing nothing.
+    from bot.knowledge import _all_keys
+    from bot.store import open_record_manager
+
+    rm = open_record_manager(tmp_path / "records.sqlite")
+    rm.update([f"key{i}" for i in range(30)], group_ids=["a.md"] * 20 + ["b.md"] * 10)
+    assert _all_keys(rm) == set(rm.list_keys()) and len(_all_keys(rm)) == 30
+    rm.engine.dispose()
