@@ -13,6 +13,9 @@ class Bot:
     settings: Settings
     embeddings: object
     kb: object  # bot.knowledge.KnowledgeBase
+    model: object = None  # bot.model.LoadedModel
+    adapters: object = None  # bot.adapters.AdapterRegistry
+    chain: object = None  # bot.chain.SupportChain
 
 
 def quiet_libraries() -> None:
@@ -32,6 +35,7 @@ def quiet_libraries() -> None:
 
     warnings.filterwarnings("ignore", message=".*langchain-community.*")
     warnings.filterwarnings("ignore", category=DeprecationWarning, module="langchain_community")
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # raised inside peft
     try:
         from transformers.utils import logging as hf_logging
 
@@ -49,6 +53,19 @@ def build_knowledge_base(settings: Settings, embeddings=None):
     return KnowledgeBase(settings, embeddings)
 
 
-def build_bot(settings: Settings, embeddings=None) -> Bot:
+def build_bot(settings: Settings, embeddings=None, loaded=None) -> Bot:
+    """Knowledge base, model, adapters (scanned once here) and the chain over them.
+
+    `loaded` lets a caller that already holds a model (tests, the eval) share it.
+    """
+    from bot.adapters import AdapterRegistry
+    from bot.chain import SupportChain
+    from bot.generation import Generator
+    from bot.model import load_model
+
     kb = build_knowledge_base(settings, embeddings)
-    return Bot(settings=settings, embeddings=kb.embeddings, kb=kb)
+    loaded = loaded or load_model(settings.model)
+    adapters = AdapterRegistry(loaded, settings.adapters_dir)
+    adapters.scan()
+    chain = SupportChain(settings, kb, Generator(loaded, adapters, settings.model))
+    return Bot(settings=settings, embeddings=kb.embeddings, kb=kb, model=loaded, adapters=adapters, chain=chain)

@@ -17,8 +17,10 @@ from pathlib import Path
 from bot.config import iter_fields, load_settings
 from bot.errors import SupportbotError
 
-ALIASES = {"kb": ["--kb"], "data_dir": ["--data-dir"], "embedding_model": ["--embedding-model"]}
-COMMAND_ALIASES = {"search": {"retrieval.k": ["--k", "-k"], "retrieval.threshold": ["--threshold"]}}
+ALIASES = {"kb": ["--kb"], "data_dir": ["--data-dir"], "embedding_model": ["--embedding-model"],
+           "adapters_dir": ["--adapters-dir"], "model.name": ["--model"]}
+_RETRIEVAL = {"retrieval.k": ["--k", "-k"], "retrieval.threshold": ["--threshold"]}
+COMMAND_ALIASES = {"search": _RETRIEVAL, "ask": _RETRIEVAL, "chat": _RETRIEVAL}
 
 
 def _common(command: str) -> argparse.ArgumentParser:
@@ -51,6 +53,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("question")
     p.add_argument("--no-sync", action="store_true", help="search the index as it is, even if the folder changed")
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("ask", parents=[_common("ask")], help="answer one question, with its sources")
+    p.add_argument("question")
+    p.add_argument("--adapter", default="none", help="voice adapter by name, or none (default: none)")
+    p.set_defaults(func=cmd_ask)
+
+    p = sub.add_parser("chat", parents=[_common("chat")], help="chat in the terminal (history kept; /quit ends)")
+    p.add_argument("--adapter", default="none", help="voice adapter by name, or none (default: none)")
+    p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("adapters", parents=[_common("adapters")], help="list voice adapters: base, card, status")
+    p.set_defaults(func=cmd_adapters)
     return parser
 
 
@@ -104,6 +118,99 @@ def cmd_search(args: argparse.Namespace) -> int:
         lines.append(f"[{p.n}] {p.score:.3f}  {where}")
         lines.append("    " + (p.text[:300] + ("..." if len(p.text) > 300 else "")).replace("\n", "\n    "))
     print("\n".join(lines))
+    return 0
+
+
+def _bot(args: argparse.Namespace):
+    from bot.app import build_bot
+
+    bot = build_bot(_settings(args))
+    if bot.settings.knowledge.auto_sync:
+        bot.kb.sync()
+    return bot
+
+
+def _answer_text(answer) -> str:
+    lines = [answer.text]
+    if answer.flagged:
+        lines.append(f"(grounding check: not in the cited passages: {', '.join(answer.flagged)}"
+                     + ("; answered with a quote instead)" if answer.kind == "fallback" else ")"))
+    cited = [s for s in answer.sources if s["cited"]] or answer.sources
+    if cited:
+        lines.append("Sources:")
+        lines += [f"  [{s['n']}] {s['source']}" + (f" > {s['section']}" if s["section"] else "") + f"  ({s['score']:.2f})"
+                  for s in cited]
+    return "\n".join(lines)
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    bot = _bot(args)
+    answer = bot.chain.ask(args.question, adapter=args.adapter)
+    _emit(args, answer.to_dict(), _answer_text(answer))
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    bot = _bot(args)
+    history: list[dict] = []
+    names = ", ".join(bot.adapters.names())
+    print(f"supportbot chat: adapter {args.adapter} (available: {names}); /adapter NAME switches, /quit ends.",
+          file=sys.stderr)
+    adapter = bot.adapters.check(args.adapter)
+    while True:
+        try:
+            message = input("you> ").strip()
+        except EOFError:
+            return 0
+        if message in ("/quit", "/exit"):
+            return 0
+        if message.startswith("/adapter"):
+            try:
+                adapter = bot.adapters.check(message.split(maxsplit=1)[1] if " " in message else "none")
+                print(f"(adapter: {adapter})")
+            except SupportbotError as err:
+                print(f"error: {err}")
+            continue
+        if not message:
+            continue
+        print("bot> ", end="", flush=True)
+        try:
+            for event in bot.chain.stream(message, history, adapter):
+                if event["type"] == "token":
+                    print(event["text"], end="", flush=True)
+                else:
+                    answer = event["answer"]
+        except SupportbotError as err:
+            print(f"\nerror: {err}")
+            continue
+        print()
+        if answer.text.strip() != answer.generated.strip() and answer.generated:
+            print(f"(replaced after the grounding check)\nbot> {answer.text}")
+        print("\n".join(_answer_text(answer).splitlines()[1:]))
+        history += [{"role": "user", "content": message}, {"role": "assistant", "content": answer.text}]
+
+
+def cmd_adapters(args: argparse.Namespace) -> int:
+    from bot.adapters import AdapterRegistry
+    from bot.app import quiet_libraries
+    from bot.model import load_model
+
+    quiet_libraries()
+    settings = _settings(args)
+    registry = AdapterRegistry(load_model(settings.model), settings.adapters_dir)
+    found = registry.scan()
+    payload = {"model": registry.loaded.name, "adapters_dir": str(settings.adapters_dir),
+               "adapters": [a.to_dict() for a in found]}
+    lines = [f"model {registry.loaded.name}; adapters in {settings.adapters_dir}:"]
+    if not found:
+        lines.append("  (none found)")
+    for a in found:
+        lines.append(f"  {a.name}: {a.status}" + (f" - {a.reason}" if a.reason else ""))
+        if a.voice:
+            lines.append(f"      voice: {a.voice}")
+        if a.base:
+            lines.append(f"      base:  {a.base}")
+    _emit(args, payload, "\n".join(lines))
     return 0
 
 

@@ -48,12 +48,35 @@ class RetrievalSettings:
 
 
 @dataclass
+class ModelSettings:
+    name: str = _f("", "generator: transformers causal LM, hub id (already cached) or local folder")
+    dtype: str = _f("auto", "auto (bf16 on GPU, fp32 on CPU), fp32, bf16 or fp16")
+    device: str = _f("auto", "auto (GPU if there is one), cpu, cuda or mps")
+    threads: int = _f(0, "CPU threads for torch (0: torch's default)")
+    context_tokens: int = _f(0, "prompt + answer budget in tokens (0: the model's own limit)")
+    max_new_tokens: int = _f(200, "longest answer in tokens")
+    temperature: float = _f(0.0, "sampling temperature (0: greedy, the same answer every time)")
+
+
+@dataclass
+class ChainSettings:
+    max_message_chars: int = _f(4000, "longer messages are refused with a message saying so")
+    history_turns: int = _f(6, "earlier messages kept for follow-up questions")
+    grounding: str = _f("fallback", "values missing from the cited passages: fallback (quote the best "
+                        "passage instead), flag (answer as is, list them) or off")
+    handoff_query: str = _f("contact support email phone hours", "search that finds the contact details offered on a hand-off")
+
+
+@dataclass
 class Settings:
     kb: Path = _f(Path("knowledge_base"), "knowledge-base folder (Markdown, text, HTML, PDF)")
     data_dir: Path = _f(Path(".supportbot"), "where the index lives; never inside the knowledge base")
     embedding_model: str = _f("", "sentence-transformers model path; empty: the bundled all-MiniLM-L6-v2")
+    adapters_dir: Path = _f(Path("adapters"), "voice adapters, one PEFT folder each, loaded at start-up")
     knowledge: KnowledgeSettings = field(default_factory=KnowledgeSettings)
     retrieval: RetrievalSettings = field(default_factory=RetrievalSettings)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    chain: ChainSettings = field(default_factory=ChainSettings)
 
     def validate(self) -> "Settings":
         kb, data = self.kb.resolve(), self.data_dir.resolve()
@@ -68,6 +91,10 @@ class Settings:
             raise ConfigError(f"retrieval.k must be at least 1, got {self.retrieval.k}")
         if self.knowledge.chunk_overlap >= self.knowledge.chunk_chars:
             raise ConfigError("knowledge.chunk_overlap must be smaller than knowledge.chunk_chars")
+        if self.chain.grounding not in {"fallback", "flag", "off"}:
+            raise ConfigError(f"chain.grounding must be fallback, flag or off, got {self.chain.grounding!r}")
+        if self.model.temperature < 0:
+            raise ConfigError("model.temperature must be 0 or more")
         return self
 
     @property
@@ -160,3 +187,33 @@ def load_settings(
         if value is not None:
             _set(settings, name, coerce(value, known[name], name))
     return settings.validate()
+
+
+def example_toml() -> str:
+    """`supportbot.example.toml`: every setting with its default and help (a test keeps the file equal)."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    lines = [
+        "# supportbot settings: copy to supportbot.toml and change what you need.",
+        "# Precedence: defaults < supportbot.toml < SUPPORTBOT_* environment < command-line flags.",
+        "# Every key here is also an environment variable (SUPPORTBOT_RETRIEVAL_K) and a flag (--retrieval.k).",
+    ]
+    defaults, section = Settings(), ""
+    for dotted, f, _ in iter_fields():
+        head, _, leaf = dotted.rpartition(".")
+        if head != section:
+            section = head
+            lines.append(f"\n[{head}]")
+        elif len(lines) == 3:
+            lines.append("")
+        obj = getattr(defaults, head) if head else defaults
+        lines += [f"# {f.metadata['help']}", f"{leaf} = {value(getattr(obj, leaf))}"]
+    return "\n".join(lines) + "\n"

@@ -26,3 +26,7 @@ class KnowledgeBaseError(SupportbotError):
 
 class ModelError(SupportbotError):
     """A model (embedding or generator) cannot be loaded."""
+
+
+class RequestError(SupportbotError):
+    """A chat message cannot be answered as sent (empty, too long, unknown adapter)."""

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.config import Settings, env_name, iter_fields, load_settings
+from bot.config import Settings, env_name, example_toml, iter_fields, load_settings
 from bot.errors import ConfigError
 
 
@@ -49,3 +49,4 @@ def test_shipped_example_config_loads():
     example = Path(__file__).resolve().parents[1] / "supportbot.example.toml"
     s = load_settings(config_file=example, environ={})
     assert s == Settings().validate()  # the example documents the defaults, nothing else
+    assert example.read_text(encoding="utf-8") == example_toml(), "regenerate: python -c 'from bot.config import example_toml; print(example_toml(), end=\"\")' > supportbot.example.toml"

@@ -1,0 +1,188 @@
+"""The hybrid chain: history + message -> standalone question -> passages -> prompt -> streamed answer.
+
+One LCEL pipeline, `prepare | retrieve | respond`:
+- prepare: clean the message, check the adapter, classify the turn, resolve a follow-up;
+- retrieve: the LangChain retriever over the FAISS index (inquiries only);
+- respond: a generator of events, `{"type": "token", "text"}` while the model writes and one
+  final `{"type": "answer", "answer": Answer}`. Below the relevance threshold it refuses in the
+  adapter's voice and offers a person; conversational turns go to the voice without retrieval;
+  after generation the grounding check replaces an answer whose values the cited passages do
+  not contain by a quote of the best passage.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Iterator
+
+from langchain_core.runnables import RunnableGenerator, RunnableLambda
+
+from bot import dialogue, prompts
+from bot.config import Settings
+from bot.generation import GenerationStats, Generator
+from bot.grounding import best_sentences, cited_numbers, proper_names, unsupported
+from bot.retrieval import KnowledgeRetriever, Passage
+
+CONVERSATIONAL = {dialogue.GREETING, dialogue.THANKS, dialogue.GOODBYE, dialogue.COMPLAINT}
+
+
+@dataclass
+class Answer:
+    text: str
+    adapter: str
+    kind: str  # answer | fallback | refusal | conversation | handoff
+    question: str  # the standalone question that was searched
+    refused: bool = False
+    flagged: list[str] = field(default_factory=list)  # values the cited passages do not contain
+    sources: list[dict] = field(default_factory=list)  # n, source, section, score, text, cited
+    generated: str = ""  # the model's own words, before any fallback
+    stopped: bool = False
+    timings: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _source(p: Passage, cited: bool) -> dict:
+    return {"n": p.n, "source": p.source, "section": p.section, "score": round(p.score, 4),
+            "text": p.text, "cited": cited}
+
+
+def _renumber(passages: list[Passage]) -> list[Passage]:
+    return [Passage(i, p.source, p.section, p.title, p.text, p.score, p.id) for i, p in enumerate(passages, 1)]
+
+
+class SupportChain:
+    def __init__(self, settings: Settings, kb, generator: Generator):
+        self.settings = settings
+        self.kb = kb
+        self.generator = generator
+        self.adapters = generator.adapters
+        self.retriever = KnowledgeRetriever(kb=kb)
+        self._names: tuple[str, set[str]] = ("", set())
+        self.runnable = (
+            RunnableLambda(self._prepare, name="prepare")
+            | RunnableLambda(self._retrieve, name="retrieve")
+            | RunnableGenerator(self._respond, name="respond")
+        )
+
+    # --- public ---------------------------------------------------------------------------
+    def stream(self, message: str, history: list[dict] | None = None, adapter: str | None = None,
+               stop: threading.Event | None = None) -> Iterator[dict]:
+        yield from self.runnable.stream({"message": message, "history": history or [], "adapter": adapter,
+                                         "stop": stop})
+
+    def ask(self, message: str, history: list[dict] | None = None, adapter: str | None = None) -> Answer:
+        for event in self.stream(message, history, adapter):
+            if event["type"] == "answer":
+                return event["answer"]
+        raise RuntimeError("the chain ended without an answer")
+
+    # --- steps ----------------------------------------------------------------------------
+    def _prepare(self, state: dict) -> dict:
+        cs = self.settings.chain
+        message = dialogue.clean_message(state["message"], cs.max_message_chars)
+        adapter = self.adapters.check(state.get("adapter"))
+        history = [{"role": m["role"], "content": dialogue.content_text(m.get("content", ""))}
+                   for m in state.get("history") or [] if m.get("role") in ("user", "assistant")]
+        history = history[-2 * cs.history_turns:] if cs.history_turns else []
+        kind = dialogue.classify(message)
+        question = dialogue.standalone_question(message, history, cs.history_turns) if kind == dialogue.INQUIRY else message
+        return {**state, "message": message, "adapter": adapter, "history": history, "kind": kind,
+                "question": question, "t0": time.perf_counter()}
+
+    def _retrieve(self, state: dict) -> dict:
+        if state["kind"] != dialogue.INQUIRY:
+            return {**state, "passages": [], "relevant": False, "retrieve_s": 0.0}
+        t = time.perf_counter()
+        docs = self.retriever.invoke(state["question"])
+        passages = [Passage(**{k: d.metadata[k] for k in ("n", "source", "section", "title", "score", "id")},
+                            text=d.page_content) for d in docs]
+        relevant = bool(docs) and bool(docs[0].metadata.get("relevant"))
+        return {**state, "passages": passages, "relevant": relevant, "retrieve_s": time.perf_counter() - t}
+
+    def _respond(self, inputs: Iterator[dict]) -> Iterator[dict]:
+        for state in inputs:
+            voice = prompts.Voice.from_card(self.adapters.card(state["adapter"]))
+            kind = state["kind"]
+            if kind == dialogue.INQUIRY and state["relevant"]:
+                yield from self._answer(state, voice)
+            elif kind == dialogue.INQUIRY:
+                yield from self._refuse(state, voice)
+            else:  # a person is offered on request, and when the last answer did not help
+                yield from self._converse(state, voice, offer_person=kind in (dialogue.HANDOFF, dialogue.COMPLAINT))
+
+    # --- responses ------------------------------------------------------------------------
+    def _generate(self, state: dict, messages: list[dict], timings: dict, stats: GenerationStats):
+        first = None
+        for piece in self.generator.stream(messages, state["adapter"], stop=state.get("stop"), stats=stats):
+            if first is None:
+                first = timings["first_token_s"] = round(time.perf_counter() - state["t0"], 4)
+            yield piece
+
+    def _answer(self, state: dict, voice: prompts.Voice) -> Iterator[dict]:
+        loaded, ms = self.generator.loaded, self.settings.model
+        budget = loaded.context - min(ms.max_new_tokens, loaded.context // 2) - 8
+        passages = prompts.fit_passages(lambda m: len(loaded.encode(m)), state["question"], state["passages"], budget)
+        messages = prompts.answer_messages(state["question"], passages)
+        timings = {"retrieve_s": round(state["retrieve_s"], 4)}
+        stats, pieces = GenerationStats(), []
+        for piece in self._generate(state, messages, timings, stats):
+            pieces.append(piece)
+            yield {"type": "token", "text": piece}
+        generated = "".join(pieces).strip()
+        cited = cited_numbers(generated, len(passages))
+        evidence = [p for p in passages if p.n in cited] or passages
+        flagged = unsupported(generated, [p.text for p in evidence], self._proper_names()) \
+            if self.settings.chain.grounding != "off" else []
+        text, kind = generated, "answer"
+        if not stats.stopped and (not generated or (flagged and self.settings.chain.grounding == "fallback")):
+            best = max(evidence, key=lambda p: p.score)
+            text = voice.frame(prompts.fallback_text(best_sentences(best.text, state["question"]), best.n))
+            kind, cited = "fallback", [best.n]
+        timings["total_s"] = round(time.perf_counter() - state["t0"], 4)
+        yield {"type": "answer", "answer": Answer(
+            text=text, adapter=state["adapter"], kind=kind, question=state["question"], flagged=flagged,
+            sources=[_source(p, p.n in cited) for p in passages], generated=generated,
+            stopped=stats.stopped, timings=timings)}
+
+    def _contact(self) -> tuple[str, list[Passage]]:
+        result = self.kb.search(self.settings.chain.handoff_query)
+        contact, used = prompts.contact_details(result.passages if result.relevant else [])
+        return contact, _renumber(used[:2])
+
+    def _refuse(self, state: dict, voice: prompts.Voice) -> Iterator[dict]:
+        contact, used = self._contact()
+        text = voice.frame(prompts.refusal_text(contact, 1 if used else None))
+        yield {"type": "token", "text": text}
+        yield {"type": "answer", "answer": Answer(
+            text=text, adapter=state["adapter"], kind="refusal", question=state["question"], refused=True,
+            sources=[_source(p, True) for p in used],
+            timings={"retrieve_s": round(state["retrieve_s"], 4), "total_s": round(time.perf_counter() - state["t0"], 4)})}
+
+    def _converse(self, state: dict, voice: prompts.Voice, offer_person: bool) -> Iterator[dict]:
+        messages = prompts.conversation_messages(state["message"], state["history"])
+        timings, stats, pieces = {}, GenerationStats(), []
+        for piece in self._generate(state, messages, timings, stats):
+            pieces.append(piece)
+            yield {"type": "token", "text": piece}
+        generated = "".join(pieces).strip()
+        text, used = generated or voice.frame("How can I help you today?"), []
+        if offer_person and not stats.stopped:
+            contact, used = self._contact()
+            extra = prompts.handoff_text(contact, 1 if used else None)
+            yield {"type": "token", "text": "\n\n" + extra}
+            text = f"{text}\n\n{extra}"
+        timings["total_s"] = round(time.perf_counter() - state["t0"], 4)
+        yield {"type": "answer", "answer": Answer(
+            text=text, adapter=state["adapter"], kind="handoff" if state["kind"] == dialogue.HANDOFF else "conversation",
+            question=state["message"], sources=[_source(p, True) for p in used], generated=generated,
+            stopped=stats.stopped, timings=timings)}
+
+    def _proper_names(self) -> set[str]:
+        view = self.kb.view()
+        if self._names[0] != view.generation or not self._names[1]:
+            self._names = (view.generation, proper_names([d.page_content for d in view.docs]))
+        return self._names[1]

@@ -1,0 +1,133 @@
+"""The grounding check: values in an answer that none of its cited passages contain.
+
+A support bot must not state a wrong price. After generation, the values that matter (prices,
+numbers, durations, dates, times, e-mail addresses, phone numbers, URLs, product and plan names)
+are pulled out of the answer and looked up in the passages it cites; the ones found nowhere are
+flagged. Plain functions: tested without a model.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+
+from bot.lexical import tokenize
+
+CITATION = re.compile(r"\[(\d{1,2})\]")
+EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+URL = re.compile(r"(?:https?://|www\.)[^\s<>\"')\]]+")
+PHONE = re.compile(r"\+?\(?\d[\d\s().-]{5,}\d")
+TIME = re.compile(r"\b\d{1,2}:\d{2}\b")
+NUMBER = re.compile(r"\d[\d,]*(?:\.\d+)?")
+WORD = re.compile(r"[A-Za-z][A-Za-z0-9+-]*")
+SENTENCE_END = re.compile(r"[.!?:]\s*$|^\s*$|\n\s*$")
+
+
+@dataclass(frozen=True)
+class Value:
+    kind: str  # email | url | phone | time | number | name
+    text: str  # as written in the answer
+    key: str  # normalised form used for the lookup
+
+
+def _number_key(text: str) -> str:
+    digits = text.replace(",", "")
+    if "." in digits:
+        digits = digits.rstrip("0").rstrip(".")
+    return digits
+
+
+def _strip_url(text: str) -> str:
+    return text.rstrip(".,;:!?")
+
+
+def extract_values(text: str, names: set[str] = frozenset()) -> list[Value]:
+    """Values worth checking, in order of appearance. `[n]` citation marks are not values."""
+    text = CITATION.sub(" ", text)
+    found: list[tuple[int, Value]] = []
+
+    def take(pattern, kind, key):
+        nonlocal text
+        for m in pattern.finditer(text):
+            raw = m.group(0)
+            if kind == "url":
+                raw = _strip_url(raw)
+            if kind == "phone" and len(re.sub(r"\D", "", raw)) < 7:
+                continue
+            found.append((m.start(), Value(kind, raw.strip(), key(raw))))
+            text = text[: m.start()] + " " * len(m.group(0)) + text[m.end():]
+
+    take(EMAIL, "email", str.lower)
+    take(URL, "url", lambda s: _strip_url(s).lower().removeprefix("https://").removeprefix("http://"))
+    take(PHONE, "phone", lambda s: re.sub(r"\D", "", s))
+    take(TIME, "time", lambda s: s.lstrip("0") or "0")
+    take(NUMBER, "number", _number_key)
+    for m in WORD.finditer(text):
+        word = m.group(0)
+        if word in names and not SENTENCE_END.search(text[: m.start()]):
+            found.append((m.start(), Value("name", word, word)))
+    return [v for _, v in sorted(found, key=lambda t: t[0])]
+
+
+def value_keys(text: str, names: set[str] = frozenset()) -> set[tuple[str, str]]:
+    """What a passage offers: the keys of its values, and each of its words for name lookups."""
+    keys = {(v.kind, v.key) for v in extract_values(text, names)}
+    # a number inside a phone, time or price range still counts as that number
+    keys |= {("number", _number_key(n)) for n in NUMBER.findall(CITATION.sub(" ", text))}
+    keys |= {("name", w) for w in WORD.findall(text)}
+    return keys
+
+
+def unsupported(answer: str, evidence: list[str], names: set[str] = frozenset()) -> list[str]:
+    """Values of `answer` found in none of the `evidence` texts (as written, each once)."""
+    have: set[tuple[str, str]] = set()
+    for text in evidence:
+        have |= value_keys(text, names)
+    out: list[str] = []
+    for v in extract_values(answer, names):
+        ok = (v.kind, v.key) in have or (v.kind == "time" and ("number", v.key.split(":")[0]) in have
+                                         and ("number", v.key.split(":")[1]) in have)
+        if not ok and v.text not in out:
+            out.append(v.text)
+    return out
+
+
+def cited_numbers(answer: str, count: int) -> list[int]:
+    """The passage numbers an answer cites, in order of first use, ignoring ones that do not exist."""
+    seen: list[int] = []
+    for m in CITATION.finditer(answer):
+        n = int(m.group(1))
+        if 1 <= n <= count and n not in seen:
+            seen.append(n)
+    return seen
+
+
+def proper_names(texts: list[str]) -> set[str]:
+    """Capitalised words the help center uses as names (plan and product names, places, brands).
+
+    A word counts when it is mostly written capitalised in mid-sentence, so "Plus" (a plan) is a
+    name and "Free" at the start of a sentence is not, unless the pages capitalise it mid-sentence.
+    """
+    upper, lower = Counter(), Counter()
+    for text in texts:
+        for m in WORD.finditer(text):
+            word = m.group(0)
+            if word[0].isupper():
+                if len(word) > 2 and not SENTENCE_END.search(text[max(0, m.start() - 3): m.start()]) and \
+                        m.start() > 0 and text[m.start() - 1] not in "\n#*>-|":
+                    upper[word] += 1
+            else:
+                lower[word.capitalize()] += 1
+    return {w for w, n in upper.items() if n >= 2 and n > lower[w]}
+
+
+def best_sentences(passage: str, question: str, limit: int = 2) -> str:
+    """The `limit` sentences of `passage` that share most words with `question`, in passage order."""
+    sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+|\n+", passage) if len(s.strip()) > 2]
+    if not sentences:
+        return passage.strip()
+    q = set(tokenize(question))
+    ranked = sorted(range(len(sentences)), key=lambda i: (-len(q & set(tokenize(sentences[i]))), i))
+    keep = sorted(ranked[:limit])
+    return " ".join(sentences[i] for i in keep)
