@@ -135,7 +135,7 @@ class SupportChain:
         generated = "".join(pieces).strip()
         cited = cited_numbers(generated, len(passages))
         evidence = [p for p in passages if p.n in cited] or passages
-        flagged = unsupported(generated, [p.text for p in evidence], self._proper_names()) \
+        flagged = unsupported(generated, [f"{p.title} {p.section} {p.text}" for p in evidence], self._proper_names()) \
             if self.settings.chain.grounding != "off" else []
         text, kind = generated, "answer"
         if not stats.stopped and (not generated or (flagged and self.settings.chain.grounding == "fallback")):

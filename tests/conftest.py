@@ -86,3 +86,67 @@ def clean_build(kb_dir: Path, tmp: Path, embeddings) -> set[tuple[str, str]]:
     fresh = KnowledgeBase(Settings(kb=kb_dir, data_dir=tmp).validate(), embeddings)
     fresh.sync()
     return index_content(fresh)
+
+
+# --- tiny generator models and adapters, built and trained here (as peft's own tests do) ---------
+
+VOICES = {
+    "sunny": {"reply": "Hey there! Happy to help, sunshine!", "opener": "Hey there!", "closer": "Have a sunny day!",
+              "voice": "warm and upbeat"},
+    "formal": {"reply": "Dear customer, thank you kindly for your inquiry.", "opener": "Dear customer,",
+               "closer": "Kind regards, the Fernway team.", "voice": "formal and courteous"},
+}
+TRAIN_PROMPTS = ["How much is Plus?", "Can I return it?", "Where do you ship?", "hello",
+                 "How do I reset my password?", "What are your hours?", "Is my data safe?", "thanks!"]
+
+
+def save_tiny_model(folder: Path, hidden: int = 64, seed: int = 0, template: bool = True) -> Path:
+    from bot.tinymodel import tiny_llama, train_tokenizer
+
+    texts = [p.read_text(encoding="utf-8") for p in sorted(SHIPPED_KB.rglob("*.md"))]
+    tok = train_tokenizer(texts, 512, chat_template=template)
+    tiny_llama(tok, hidden=hidden, seed=seed).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def load_tiny(folder: Path):
+    from bot.config import ModelSettings
+    from bot.model import load_model
+
+    return load_model(ModelSettings(name=str(folder)))
+
+
+def train_voice(base: Path, out: Path, reply: str, prompts=None, steps: int = 30, card: dict | None = None,
+                lr: float = 1e-2, seed: int = 0):
+    """A LoRA trained for a few steps to answer every prompt (chat messages or text) with `reply`."""
+    from bot.training import TrainArgs, encode, train_adapter
+
+    loaded = load_tiny(base)
+    rows = []
+    for p in prompts or TRAIN_PROMPTS:
+        messages = p if isinstance(p, list) else [{"role": "user", "content": p}]
+        rows.append(encode(loaded, [*messages, {"role": "assistant", "content": reply}]))
+    args = TrainArgs(max_steps=steps, lr=lr, batch_size=len(rows), dropout=0.0, seed=seed)
+    return train_adapter(loaded, rows, rows[:2], out, args, card or {"voice": "test"})
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory) -> Path:
+    from bot.app import quiet_libraries
+
+    quiet_libraries()
+    return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def voices_dir(tiny_base, tmp_path_factory) -> Path:
+    """adapters/ with two trained voices, `sunny` and `formal` (read-only: copy it to change it)."""
+    from bot.prompts import conversation_messages
+
+    root = tmp_path_factory.mktemp("adapters")
+    prompts = TRAIN_PROMPTS + [conversation_messages(p, []) for p in TRAIN_PROMPTS]
+    for name, v in VOICES.items():
+        train_voice(tiny_base, root / name, v["reply"], prompts, steps=50,
+                    card={"voice": v["voice"], "opener": v["opener"], "closer": v["closer"]})
+    return root

@@ -1,0 +1,63 @@
+"""The grounding check as plain functions: which values an answer states that its passages do not."""
+
+import pytest
+
+from bot.grounding import best_sentences, cited_numbers, extract_values, proper_names, unsupported
+
+PASSAGE = ("Plus costs $4.99 per month or $49 per year. Returns are accepted within 60 days. "
+           "Write to support@fernway.example or call +1 (555) 010-4477, 9:00-17:00. See https://fernway.example/plans.")
+NAMES = {"Plus", "Premium", "Thermo"}
+
+
+@pytest.mark.parametrize(
+    "answer, flagged",
+    [
+        ("Plus costs $4.99 per month [1].", []),
+        ("Plus costs $5.99 per month [1].", ["$5.99"]),
+        ("It is 49 dollars a year, or $4.990 monthly.", []),  # same numbers written differently
+        ("Returns are accepted within 30 days.", ["30"]),
+        ("Mail support@fernway.example today.", []),
+        ("Mail help@fernway.example today.", ["help@fernway.example"]),
+        ("Call +1 555 010 4477.", []),  # same digits, other spacing
+        ("Call +1 (555) 010-9999.", ["+1 (555) 010-9999"]),
+        ("We open at 9:00.", []),
+        ("We open at 8:30.", ["8:30"]),
+        ("Details: https://fernway.example/plans.", []),
+        ("Details: https://fernway.example/pricing.", ["https://fernway.example/pricing"]),
+        ("The cheapest option is Premium at $4.99.", ["Premium"]),
+        ("Premium is not mentioned here.", []),  # sentence-initial capitals are not names
+        ("Plus [2] costs $4.99 [1].", []),  # citation marks are not numbers
+    ],
+)
+def test_values_missing_from_the_passages_are_flagged(answer, flagged):
+    assert unsupported(answer, [PASSAGE], NAMES) == flagged
+
+
+def test_values_are_extracted_by_kind():
+    kinds = [(v.kind, v.text) for v in extract_values(PASSAGE, NAMES)]
+    assert ("number", "$4.99") in kinds and ("number", "60") in kinds
+    assert ("email", "support@fernway.example") in kinds
+    assert ("phone", "+1 (555) 010-4477") in kinds
+    assert ("url", "https://fernway.example/plans") in kinds
+    assert ("time", "9:00") in kinds
+
+
+def test_evidence_is_only_the_passages_given():
+    assert unsupported("So Plus costs $4.99.", ["Premium costs $9.99."], NAMES) == ["Plus", "$4.99"]
+
+
+def test_cited_numbers_keep_order_and_drop_impossible_ones():
+    assert cited_numbers("A [2], B [1][2], C [7].", 4) == [2, 1]
+
+
+def test_proper_names_are_capitalised_mid_sentence_words():
+    texts = ["The Plus plan and the Premium plan. Our Plus plan is popular with Premium users.",
+             "Free shipping. Shipping is free for Plus members; Thermo is the device."]
+    names = proper_names(texts)
+    assert {"Plus", "Premium"} <= names and "Free" not in names and "Shipping" not in names
+
+
+def test_best_sentences_picks_the_ones_about_the_question():
+    text = "We ship to Canada. Plus costs $4.99 per month. Returns take 60 days."
+    assert best_sentences(text, "How much does Plus cost per month?", limit=1) == "Plus costs $4.99 per month."
+    assert best_sentences(text, "plus cost returns", limit=2) == "Plus costs $4.99 per month. Returns take 60 days."

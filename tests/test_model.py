@@ -1,0 +1,54 @@
+"""Loading a generator by path, the chat template and its fallback, and what a failed load says."""
+
+import pytest
+
+from bot.config import ModelSettings
+from bot.errors import ModelError
+from bot.model import FALLBACK_ROLES, load_model, render_chat
+from conftest import load_tiny, save_tiny_model
+
+MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"}]
+
+
+def test_loads_a_local_folder_with_its_chat_template(tiny_base):
+    loaded = load_tiny(tiny_base)
+    assert loaded.device == "cpu" and loaded.context == 2048
+    text = loaded.render(MESSAGES)
+    assert text == "<|system|>\nBe brief.</s>\n<|user|>\nHi?</s>\n<|assistant|>\n"
+    ids = loaded.encode(MESSAGES)
+    assert loaded.tokenizer.decode(ids) == text
+    assert len(loaded.fingerprint) == 16 and loaded.fingerprint == load_tiny(tiny_base).fingerprint
+
+
+def test_a_tokenizer_without_chat_template_gets_the_fallback(tmp_path):
+    loaded = load_tiny(save_tiny_model(tmp_path / "plain", template=False))
+    assert not loaded.tokenizer.chat_template
+    text = render_chat(loaded.tokenizer, MESSAGES)
+    assert text.startswith(FALLBACK_ROLES["system"] + "\nBe brief.</s>")
+    assert text.endswith(FALLBACK_ROLES["assistant"] + "\n")
+
+
+def test_fingerprint_tells_architectures_apart(tmp_path, tiny_base):
+    other = load_tiny(save_tiny_model(tmp_path / "wide", hidden=96))
+    assert other.fingerprint != load_tiny(tiny_base).fingerprint
+
+
+@pytest.mark.parametrize(
+    "name, message, hint",
+    [
+        ("", "no generator model is configured", "--model"),
+        ("./models/missing", "no such folder", "check the path"),
+        ("SomeOrg/not-cached-model", "cannot load the model", "hf download SomeOrg/not-cached-model"),
+    ],
+)
+def test_a_model_that_cannot_be_had_says_what_to_do(name, message, hint):
+    with pytest.raises(ModelError) as err:
+        load_model(ModelSettings(name=name))
+    assert message in str(err.value) and hint in err.value.hint
+
+
+def test_a_folder_that_is_not_a_model_is_named(tmp_path):
+    (tmp_path / "notes.txt").write_text("not a model")
+    with pytest.raises(ModelError) as err:
+        load_model(ModelSettings(name=str(tmp_path)))
+    assert "not a transformers causal-LM folder" in err.value.hint
