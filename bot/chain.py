@@ -42,7 +42,8 @@ class Answer:
     timings: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        return {"answer": data.pop("text"), **data}
 
 
 def _source(p: Passage, cited: bool) -> dict:

@@ -186,7 +186,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
         print()
         if answer.text.strip() != answer.generated.strip() and answer.generated:
             print(f"(replaced after the grounding check)\nbot> {answer.text}")
-        print("\n".join(_answer_text(answer).splitlines()[1:]))
+        details = _answer_text(answer).splitlines()[len(answer.text.splitlines()):]
+        if details:
+            print("\n".join(details))
         history += [{"role": "user", "content": message}, {"role": "assistant", "content": answer.text}]
 
 

@@ -56,3 +56,28 @@ def test_console_script_is_installed(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["added"] == ["a.md"]
     assert (tmp_path / "data" / "index" / "CURRENT").is_file()  # the env variable chose the data dir
+
+
+def test_ask_and_adapters_json(tmp_path, capsys, tiny_base, voices_dir):
+    common = ["--kb", str(SHIPPED_KB), "--data-dir", str(tmp_path / "data"), "--model", str(tiny_base),
+              "--adapters-dir", str(voices_dir), "--model.max_new_tokens", "12"]
+    code, out, _ = run(capsys, "ask", "How much is the Plus plan?", *common, "--adapter", "sunny", "--json")
+    answer = json.loads(out)
+    assert code == 0 and answer["adapter"] == "sunny" and answer["refused"] is False
+    assert {"answer", "adapter", "refused", "flagged", "sources"} <= answer.keys()
+    assert {"n", "source", "section", "score", "text"} <= answer["sources"][0].keys()
+    code, out, _ = run(capsys, "ask", "What is the airspeed of a swallow?", *common, "--json")
+    assert json.loads(out)["refused"] is True
+
+    code, out, _ = run(capsys, "adapters", *common, "--json")
+    listed = {a["name"]: a for a in json.loads(out)["adapters"]}
+    assert code == 0 and listed["sunny"]["status"] == "loaded" and listed["sunny"]["voice"] == "warm and upbeat"
+
+    code, out, err = run(capsys, "ask", "hi", *common, "--adapter", "grumpy")
+    assert code == 2 and "adapter 'grumpy' is not available" in err and "Traceback" not in err
+
+
+def test_ask_without_a_model_says_what_to_do(tmp_path, capsys):
+    code, out, err = run(capsys, "ask", "hi", "--kb", str(SHIPPED_KB), "--data-dir", str(tmp_path / "d"),
+                         "--model", "./no/such/model")
+    assert code == 2 and out == "" and "no such folder" in err and "Traceback" not in err
