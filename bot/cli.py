@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", default="none", help="voice adapter by name, or none (default: none)")
     p.set_defaults(func=cmd_ask)
 
-    p = sub.add_parser("chat", parents=[_common("chat")], help="chat in the terminal (history kept; /quit ends)")
+    p = sub.add_parser("chat", parents=[_common("chat")], help="chat in the terminal (history kept; /adapter NAME, /rescan, /quit)")
     p.add_argument("--adapter", default="none", help="voice adapter by name, or none (default: none)")
     p.set_defaults(func=cmd_chat)
 
@@ -154,7 +154,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     bot = _bot(args)
     history: list[dict] = []
     names = ", ".join(bot.adapters.names())
-    print(f"supportbot chat: adapter {args.adapter} (available: {names}); /adapter NAME switches, /quit ends.",
+    print(f"supportbot chat: adapter {args.adapter} (available: {names}); /adapter NAME switches, /rescan reloads adapters/, /quit ends.",
           file=sys.stderr)
     adapter = bot.adapters.check(args.adapter)
     while True:
@@ -164,6 +164,10 @@ def cmd_chat(args: argparse.Namespace) -> int:
             return 0
         if message in ("/quit", "/exit"):
             return 0
+        if message == "/rescan":
+            bot.adapters.scan()
+            print(f"(adapters: {', '.join(bot.adapters.names())})")
+            continue
         if message.startswith("/adapter"):
             try:
                 adapter = bot.adapters.check(message.split(maxsplit=1)[1] if " " in message else "none")

@@ -81,3 +81,16 @@ def test_ask_without_a_model_says_what_to_do(tmp_path, capsys):
     code, out, err = run(capsys, "ask", "hi", "--kb", str(SHIPPED_KB), "--data-dir", str(tmp_path / "d"),
                          "--model", "./no/such/model")
     assert code == 2 and out == "" and "no such folder" in err and "Traceback" not in err
+
+
+def test_terminal_chat_keeps_history_and_switches_adapters(tmp_path, capsys, monkeypatch, tiny_base, voices_dir):
+    lines = iter(["hello", "/adapter formal", "hello", "/adapter grumpy", "/rescan", "/quit"])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
+    code, out, err = run(capsys, "chat", "--kb", str(SHIPPED_KB), "--data-dir", str(tmp_path / "data"),
+                         "--model", str(tiny_base), "--adapters-dir", str(voices_dir), "--adapter", "sunny",
+                         "--model.max_new_tokens", "12")
+    assert code == 0 and "available: none, formal, sunny" in err
+    replies = [line for line in out.splitlines() if line.startswith("bot> ")]
+    assert len(replies) == 2 and replies[0].startswith("bot> Hey there") and replies[1].startswith("bot> Dear customer")
+    assert "(adapter: formal)" in out and "adapter 'grumpy' is not available" in out
+    assert "(adapters: none, formal, sunny)" in out
