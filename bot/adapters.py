@@ -30,6 +30,7 @@ NONE = "none"
 BASE = "__base__"  # peft's name for "no adapter" in adapter_names
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"}
 WEIGHTS = "adapter_model.safetensors"
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 CONFIG = "adapter_config.json"
 
 
@@ -180,7 +181,7 @@ class AdapterRegistry:
 
     def _load(self, folder: Path, stamp: str) -> Adapter:
         a = Adapter(folder.name, folder, "refused", stamp=stamp)
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", a.name) or a.name == NONE:
+        if not NAME_RE.fullmatch(a.name) or a.name == NONE:
             a.reason = "folder name must be letters, digits, '-', '_' or '.' (and not 'none')"
             return a
         pickles = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)

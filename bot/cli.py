@@ -20,7 +20,10 @@ from bot.errors import SupportbotError
 ALIASES = {"kb": ["--kb"], "data_dir": ["--data-dir"], "embedding_model": ["--embedding-model"],
            "adapters_dir": ["--adapters-dir"], "model.name": ["--model"]}
 _RETRIEVAL = {"retrieval.k": ["--k", "-k"], "retrieval.threshold": ["--threshold"]}
-COMMAND_ALIASES = {"search": _RETRIEVAL, "ask": _RETRIEVAL, "chat": _RETRIEVAL}
+_TRAIN = {f"train.{k}": [f"--{k.replace('_', '-')}"] for k in (
+    "epochs", "max_steps", "lr", "batch_size", "rank", "alpha", "seed", "placeholders", "with_context", "max_tokens",
+    "eval_fraction", "max_bad_fraction")}
+COMMAND_ALIASES = {"search": _RETRIEVAL, "ask": _RETRIEVAL, "chat": _RETRIEVAL, "train": _TRAIN}
 
 
 def _common(command: str) -> argparse.ArgumentParser:
@@ -62,6 +65,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("chat", parents=[_common("chat")], help="chat in the terminal (history kept; /adapter NAME, /rescan, /quit)")
     p.add_argument("--adapter", default="none", help="voice adapter by name, or none (default: none)")
     p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("train", parents=[_common("train")], help="fine-tune a voice adapter from past replies (JSONL)")
+    p.add_argument("--data", type=Path, required=True, help="JSONL: {messages: [...]}, {prompt, reply}, or rated feedback")
+    p.add_argument("--name", required=True, help="adapter name: writes <adapters-dir>/NAME/")
+    p.add_argument("--base", help="base model (default: --model / model.name)")
+    p.add_argument("--voice", default="", help="one line describing the voice, shown in the adapter list")
+    p.add_argument("--opener", default="", help="how this voice opens fixed texts (refusals, quotes)")
+    p.add_argument("--closer", default="", help="how this voice closes fixed texts")
+    p.add_argument("--fill", action="append", default=[], metavar="NAME=VALUE", help="value for {{NAME}} with --placeholders fill")
+    p.add_argument("--sample", action="append", default=[], metavar="PROMPT", help="prompt whose reply goes into the card")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint of this adapter's run")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing adapter of that name")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("adapters", parents=[_common("adapters")], help="list voice adapters: base, card, status")
     p.set_defaults(func=cmd_adapters)
@@ -194,6 +210,49 @@ def cmd_chat(args: argparse.Namespace) -> int:
         if details:
             print("\n".join(details))
         history += [{"role": "user", "content": message}, {"role": "assistant", "content": answer.text}]
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from bot.app import quiet_libraries
+    from bot.training import train_voice
+
+    quiet_libraries()
+    settings = _settings(args)
+    fill = dict(f.split("=", 1) for f in args.fill if "=" in f)
+    bar = None
+
+    def report(data: dict) -> None:
+        print(f"{data['path']}: {data['used']} rows used, {data['bad']} bad, {data['filtered']} filtered", file=sys.stderr)
+        for b in data["bad_rows"]:
+            print(f"  line {b['line']}: {b['reason']} (skipped)", file=sys.stderr)
+
+    def step(done: int, total: int, loss: float) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, initial=done - 1, desc=f"training {args.name}", unit="step", file=sys.stderr,
+                       disable=args.quiet)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.3f}")
+
+    card = {k: v for k, v in {"voice": args.voice, "opener": args.opener, "closer": args.closer}.items() if v}
+    try:
+        summary = train_voice(settings, args.data, args.name, base=args.base, card=card, fill=fill,
+                              samples=args.sample, resume=args.resume, overwrite=args.overwrite,
+                              on_step=step, on_report=report)
+    except KeyboardInterrupt:
+        print("\ninterrupted: a checkpoint is kept; resume with the same command plus --resume", file=sys.stderr)
+        return 130
+    finally:
+        if bar is not None:
+            bar.close()
+    before, after = summary["eval_loss_before"], summary["eval_loss"]
+    text = (f"wrote {summary['path']} ({summary['steps']} steps, {summary['seconds']} s)\n"
+            f"  train loss {summary['train_loss_first']:.3f} -> {summary['train_loss_last']:.3f}"
+            + (f"; eval loss {before:.3f} -> {after:.3f}" if before is not None and after is not None else ""))
+    _emit(args, summary, text)
+    return 0
 
 
 def cmd_adapters(args: argparse.Namespace) -> int:

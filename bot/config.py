@@ -68,6 +68,30 @@ class ChainSettings:
 
 
 @dataclass
+class TrainArgs:
+    """One LoRA training run: the Python API, `supportbot train`'s flags and the [train] table."""
+
+    epochs: float = _f(3.0, "passes over the training rows (fractions allowed)")
+    max_steps: int = _f(0, "stop after this many optimizer steps (0: epochs decide)")
+    lr: float = _f(2e-4, "learning rate (AdamW, linear decay after a 5% warm-up)")
+    batch_size: int = _f(8, "rows per optimizer step")
+    rank: int = _f(8, "LoRA rank r")
+    alpha: int = _f(16, "LoRA alpha (scaling = alpha / r)")
+    dropout: float = _f(0.05, "LoRA dropout")
+    target_modules: str = _f("all-linear", "modules that get LoRA: all-linear or a comma list (q_proj,v_proj)")
+    max_tokens: int = _f(768, "rows longer than this many tokens are skipped and reported")
+    eval_fraction: float = _f(0.1, "share of rows held out for eval loss (0: none)")
+    seed: int = _f(0, "seed for the split, the shuffling and the LoRA init: same seed, same adapter")
+    checkpoint_every: int = _f(50, "save a resumable checkpoint every this many steps (0: never)")
+    placeholders: str = _f("keep", "template placeholders like {{Order Number}}: keep, strip, or fill (--fill NAME=VALUE; "
+                           "others become 'your order number')")
+    max_bad_fraction: float = _f(0.2, "stop when more than this share of the rows is bad (bad rows are reported and skipped)")
+    with_context: bool = _f(False, "mix in RAFT-style rows whose prompt carries knowledge-base passages (relevant + "
+                            "distractors) and whose reply copies the fact with its [n]")
+    context_fraction: float = _f(0.5, "with with_context: context rows per voice row")
+
+
+@dataclass
 class Settings:
     kb: Path = _f(Path("knowledge_base"), "knowledge-base folder (Markdown, text, HTML, PDF)")
     data_dir: Path = _f(Path(".supportbot"), "where the index lives; never inside the knowledge base")
@@ -77,6 +101,7 @@ class Settings:
     retrieval: RetrievalSettings = field(default_factory=RetrievalSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
     chain: ChainSettings = field(default_factory=ChainSettings)
+    train: TrainArgs = field(default_factory=TrainArgs)
 
     def validate(self) -> "Settings":
         kb, data = self.kb.resolve(), self.data_dir.resolve()
@@ -93,6 +118,8 @@ class Settings:
             raise ConfigError("knowledge.chunk_overlap must be smaller than knowledge.chunk_chars")
         if self.chain.grounding not in {"fallback", "flag", "off"}:
             raise ConfigError(f"chain.grounding must be fallback, flag or off, got {self.chain.grounding!r}")
+        if self.train.placeholders not in {"keep", "strip", "fill"}:
+            raise ConfigError(f"train.placeholders must be keep, strip or fill, got {self.train.placeholders!r}")
         if self.model.temperature < 0:
             raise ConfigError("model.temperature must be 0 or more")
         return self

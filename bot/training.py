@@ -7,6 +7,7 @@ the run seeded, resumable and small enough to read; on CPU it is as fast.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -17,26 +18,10 @@ from pathlib import Path
 from typing import Callable
 
 from bot.adapters import CARD_FILE
-from bot.config import _f
+from bot.config import TrainArgs
 from bot.model import LoadedModel
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainArgs:
-    epochs: float = _f(3.0, "passes over the training rows (fractions allowed)")
-    max_steps: int = _f(0, "stop after this many optimizer steps (0: epochs decide)")
-    lr: float = _f(2e-4, "learning rate (AdamW, linear decay after a 5% warm-up)")
-    batch_size: int = _f(8, "rows per optimizer step")
-    rank: int = _f(8, "LoRA rank r")
-    alpha: int = _f(16, "LoRA alpha (scaling = alpha / r)")
-    dropout: float = _f(0.05, "LoRA dropout")
-    target_modules: str = _f("all-linear", "modules that get LoRA: all-linear or a comma list (q_proj,v_proj)")
-    max_tokens: int = _f(768, "rows longer than this many tokens are skipped and reported")
-    eval_fraction: float = _f(0.1, "share of rows held out for eval loss (0: none)")
-    seed: int = _f(0, "seed for the split, the shuffling and the LoRA init: same seed, same adapter")
-    samples: list = _f([], "prompts whose replies are generated after training and stored in the card")
 
 
 @dataclass
@@ -108,6 +93,26 @@ def evaluate(model, rows: list[Example], pad: int, device: str, batch: int = 8) 
     return total / max(count, 1)
 
 
+def run_signature(args: TrainArgs, rows: list[Example]) -> str:
+    """Same settings and same token rows: a checkpoint of one run may resume the other."""
+    h = hashlib.sha256(json.dumps(asdict(args), sort_keys=True).encode())
+    for r in rows:
+        h.update(json.dumps([r.input_ids, r.labels]).encode())
+    return h.hexdigest()[:16]
+
+
+def batch_at(rows: list, step: int, size: int, seed: int) -> list:
+    """The rows of optimizer step `step`: a pure function of (seed, step), so a resumed run sees
+    exactly the batches the uninterrupted run would have."""
+    out = []
+    for pos in range(step * size, (step + 1) * size):
+        epoch, i = divmod(pos, len(rows))
+        perm = list(range(len(rows)))
+        random.Random(seed * 100_003 + epoch).shuffle(perm)
+        out.append(rows[perm[i]])
+    return out
+
+
 def train_adapter(
     loaded: LoadedModel,
     train: list[Example],
@@ -116,14 +121,22 @@ def train_adapter(
     args: TrainArgs,
     card: dict,
     on_step: Callable[[int, int, float], None] | None = None,
+    checkpoint_dir: Path | None = None,
+    resume: bool = False,
+    samples: list[str] | None = None,
 ) -> TrainResult:
-    """Fine-tune a LoRA on `loaded.model` (which it modifies: load a fresh model to serve) and save it."""
+    """Fine-tune a LoRA on `loaded.model` (which it modifies: load a fresh model to serve) and save it.
+
+    With `checkpoint_dir`, a checkpoint is written every `args.checkpoint_every` steps (and when
+    the run is interrupted); `resume=True` continues from it to the same result.
+    """
     import torch
     from peft import LoraConfig, get_peft_model
 
+    from bot import checkpoint
+
     if not train:
         raise ValueError("no training rows")
-    random.seed(args.seed)
     torch.manual_seed(args.seed)
     targets = args.target_modules if args.target_modules == "all-linear" else [
         t.strip() for t in args.target_modules.split(",") if t.strip()]
@@ -139,31 +152,54 @@ def train_adapter(
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm))))
     result = TrainResult(out_dir=out_dir, steps=total)
-    result.first_eval_loss = evaluate(model, held_out, pad, loaded.device) if held_out else None
+    start = 0
+    if resume and checkpoint_dir and checkpoint.exists(checkpoint_dir):
+        start, result.train_loss, result.first_eval_loss = checkpoint.load(
+            checkpoint_dir, model, opt, sched, run_signature(args, train))
+        log.info("resumed from step %d of %d", start, total)
+    elif held_out:
+        result.first_eval_loss = evaluate(model, held_out, pad, loaded.device)
     t0 = time.perf_counter()
-    order: list[Example] = []
-    rng = random.Random(args.seed)
-    for step in range(total):
-        if len(order) < args.batch_size:
-            more = list(train)
-            rng.shuffle(more)
-            order += more
-        batch, order = order[: args.batch_size], order[args.batch_size :]
-        model.train()
-        loss = _loss(model, batch, pad, loaded.device)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        result.train_loss.append(loss.item())
-        if on_step:
-            on_step(step + 1, total, loss.item())
+    try:
+        for step in range(start, total):
+            model.train()
+            loss = _loss(model, batch_at(train, step, args.batch_size, args.seed), pad, loaded.device)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            result.train_loss.append(loss.item())
+            if checkpoint_dir and args.checkpoint_every and (step + 1) % args.checkpoint_every == 0 and step + 1 < total:
+                checkpoint.save(checkpoint_dir, model, opt, sched, step + 1, run_signature(args, train), result)
+            if on_step:
+                on_step(step + 1, total, loss.item())
+    except KeyboardInterrupt:
+        if checkpoint_dir and len(result.train_loss) > start:  # the last completed step
+            checkpoint.save(checkpoint_dir, model, opt, sched, len(result.train_loss), run_signature(args, train), result)
+        raise
     result.seconds = time.perf_counter() - t0
     model.eval()
     result.eval_loss = evaluate(model, held_out, pad, loaded.device) if held_out else None
+    card = {**card, "samples": sample_replies(model, loaded, samples)} if samples else card
     save_adapter(model, loaded, out_dir, args, card, result)
+    if checkpoint_dir:
+        checkpoint.remove(checkpoint_dir)
     return result
+
+
+def sample_replies(model, loaded: LoadedModel, prompts: list[str], max_new_tokens: int = 60) -> list[dict]:
+    """A few replies of the trained adapter, for the card: what the voice sounds like."""
+    import torch
+
+    out = []
+    for prompt in prompts:
+        ids = loaded.encode([{"role": "user", "content": prompt}])
+        with torch.inference_mode():
+            gen = model.generate(input_ids=torch.tensor([ids], device=loaded.device), max_new_tokens=max_new_tokens,
+                                 do_sample=False, pad_token_id=loaded.tokenizer.pad_token_id)
+        out.append({"prompt": prompt, "reply": loaded.tokenizer.decode(gen[0, len(ids):], skip_special_tokens=True).strip()})
+    return out
 
 
 def save_adapter(model, loaded: LoadedModel, out_dir: Path, args: TrainArgs, card: dict, result: TrainResult) -> None:
@@ -185,3 +221,79 @@ def save_adapter(model, loaded: LoadedModel, out_dir: Path, args: TrainArgs, car
         "train_seconds": round(result.seconds, 2),
     }
     (out_dir / CARD_FILE).write_text(json.dumps(full, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def train_voice(
+    settings,
+    data: Path,
+    name: str,
+    base: str | None = None,
+    card: dict | None = None,
+    fill: dict[str, str] | None = None,
+    samples: list[str] | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    on_step: Callable[[int, int, float], None] | None = None,
+    on_report: Callable[[dict], None] | None = None,
+) -> dict:
+    """`supportbot train` as a function: JSONL -> `<adapters_dir>/<name>/` (weights + card). Returns a summary."""
+    import shutil
+
+    from bot.adapters import NAME_RE
+    from bot.errors import SupportbotError
+    from bot.model import load_model
+    from bot.trainingdata import check_bad_share, context_rows, load_rows, split
+
+    args: TrainArgs = settings.train
+    if not NAME_RE.fullmatch(name) or name == "none":
+        raise SupportbotError(f"adapter name {name!r} is not allowed",
+                              "use letters, digits, '-', '_' or '.', and not 'none'")
+    target = settings.adapters_dir / name
+    if target.exists() and not overwrite:
+        raise SupportbotError(f"{target} already exists", "pass --overwrite to replace it (a rescan picks up the new one)")
+    rows, report = load_rows(data, args.placeholders, fill)
+    check_bad_share(report, args.max_bad_fraction)
+    loaded = load_model(settings.model, name=base)
+    encoded = []
+    for row in rows:
+        ex = encode(loaded, row.messages, row.line)
+        if len(ex.input_ids) > args.max_tokens:
+            report.bad.append({"line": row.line, "reason": f"too long ({len(ex.input_ids)} tokens; limit {args.max_tokens})"})
+        elif all(x == -100 for x in ex.labels):
+            report.bad.append({"line": row.line, "reason": "the reply is empty after tokenisation"})
+        else:
+            encoded.append(ex)
+    report.bad.sort(key=lambda b: b["line"])
+    report.used = len(encoded)
+    check_bad_share(report, args.max_bad_fraction)
+    if on_report:
+        on_report(report.to_dict())
+    train, held_out = split(encoded, args.eval_fraction, args.seed)
+    mixed = 0
+    if args.with_context:
+        from bot.app import build_knowledge_base
+
+        kb = build_knowledge_base(settings)
+        kb.sync()
+        docs = [{"source": d.metadata["source"], "section": d.metadata.get("section", ""),
+                 "text": d.page_content.split("\n", 1)[-1]} for d in kb.view().docs]
+        extra = [encode(loaded, r.messages, r.line) for r in
+                 context_rows(docs, round(len(train) * args.context_fraction), args.seed)]
+        extra = [e for e in extra if len(e.input_ids) <= args.max_tokens]
+        train, mixed = train + extra, len(extra)
+    samples = samples or [r.messages[-2]["content"] for r in rows if r.line in {e.line for e in held_out[:3]}][:3]
+    partial = settings.adapters_dir / f".{name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    full_card = {"name": name, **(card or {}), "data": {**report.to_dict(), "train_rows": len(train) - mixed,
+                 "eval_rows": len(held_out), "context_rows": mixed},
+                 "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "device": loaded.device}
+    result = train_adapter(loaded, train, held_out, partial, args, full_card, on_step,
+                           checkpoint_dir=settings.data_dir / "checkpoints" / name, resume=resume, samples=samples)
+    if target.exists():
+        shutil.rmtree(target)
+    partial.rename(target)  # one rename: a rescan never sees half an adapter
+    return {"adapter": name, "path": str(target), "base": loaded.name, "steps": result.steps,
+            "train_loss_first": result.train_loss[0] if result.train_loss else None,
+            "train_loss_last": result.train_loss[-1] if result.train_loss else None,
+            "eval_loss_before": result.first_eval_loss, "eval_loss": result.eval_loss,
+            "seconds": round(result.seconds, 2), "data": report.to_dict(), "context_rows": mixed}
