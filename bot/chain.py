@@ -127,6 +127,9 @@ class SupportChain:
         loaded, ms = self.generator.loaded, self.settings.model
         budget = loaded.context - min(ms.max_new_tokens, loaded.context // 2) - 8
         passages = prompts.fit_passages(lambda m: len(loaded.encode(m)), state["question"], state["passages"], budget)
+        if not passages:  # a context window too small for even one passage: do not answer blind
+            yield from self._refuse(state, voice)
+            return
         messages = prompts.answer_messages(state["question"], passages)
         timings = {"retrieve_s": round(state["retrieve_s"], 4)}
         stats, pieces = GenerationStats(), []
