@@ -32,15 +32,6 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_VOICE = REPO.parent / "shared" / "eval" / "voice" / "bitext-voice.jsonl"
 
 
-def kb_docs(settings):
-    from bot.app import build_knowledge_base
-
-    kb = build_knowledge_base(settings)
-    kb.sync()
-    return [{"source": d.metadata["source"], "section": d.metadata.get("section", ""),
-             "text": d.page_content.split("\n", 1)[-1]} for d in kb.view().docs]
-
-
 def pretrain(loaded, rows, steps: int, lr: float, on_step=None) -> float:
     """Full-parameter training of the base on copy rows (the demo model's recipe, in miniature)."""
     import torch
@@ -88,17 +79,18 @@ def main() -> None:
     args = ap.parse_args()
     quiet_libraries()
     from bot.adapters import AdapterRegistry
+    from bot.app import build_knowledge_base
     from bot.config import Settings
     from bot.generation import Generator
     from bot.model import load_model
     from bot.tinymodel import tiny_llama, train_tokenizer
     from bot.training import encode, train_voice
-    from bot.trainingdata import apply_placeholders, context_rows
+    from bot.trainingdata import apply_placeholders, context_rows, kb_passages
     from voice import trigrams, voice_phrases
 
     root = Path(tempfile.mkdtemp(prefix="bench-raft-"))
     settings = Settings(kb=REPO / "knowledge_base", data_dir=root / "data", adapters_dir=root / "adapters")
-    docs = kb_docs(settings)
+    docs = kb_passages(build_knowledge_base(settings))
     voice = [json.loads(x) for x in args.voice_data.read_text(encoding="utf-8").splitlines() if x.strip()]
     random.Random(0).shuffle(voice)
     voice_train, voice_test = voice[: args.voice_rows], voice[args.voice_rows: args.voice_rows + 100]

@@ -242,7 +242,7 @@ def train_voice(
     from bot.adapters import NAME_RE
     from bot.errors import SupportbotError
     from bot.model import load_model
-    from bot.trainingdata import check_bad_share, context_rows, load_rows, split
+    from bot.trainingdata import check_bad_share, context_rows, kb_passages, load_rows, split
 
     args: TrainArgs = settings.train
     if not NAME_RE.fullmatch(name) or name == "none":
@@ -273,10 +273,7 @@ def train_voice(
     if args.with_context:
         from bot.app import build_knowledge_base
 
-        kb = build_knowledge_base(settings)
-        kb.sync()
-        docs = [{"source": d.metadata["source"], "section": d.metadata.get("section", ""),
-                 "text": d.page_content.split("\n", 1)[-1]} for d in kb.view().docs]
+        docs = kb_passages(build_knowledge_base(settings))
         extra = [encode(loaded, r.messages, r.line) for r in
                  context_rows(docs, round(len(train) * args.context_fraction), args.seed)]
         extra = [e for e in extra if len(e.input_ids) <= args.max_tokens]

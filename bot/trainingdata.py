@@ -155,6 +155,13 @@ def split(rows: list, fraction: float, seed: int) -> tuple[list, list]:
     return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
 
 
+def kb_passages(kb) -> list[dict]:
+    """The knowledge base's passages as {"source", "section", "text"}: the material of context rows."""
+    kb.sync()
+    return [{"source": d.metadata["source"], "section": d.metadata.get("section", ""),
+             "text": d.page_content.split("\n", 1)[-1]} for d in kb.view().docs]
+
+
 def context_rows(passages: list[dict], count: int, seed: int, distractors: tuple[int, int] = (1, 3)) -> list[Row]:
     """RAFT-style rows (Zhang et al. 2024): the prompt carries the relevant passage among distractors,
     the reply copies a sentence of it with its [n], so voice training does not unlearn copying.
