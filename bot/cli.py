@@ -36,7 +36,7 @@ def _common(command: str) -> argparse.ArgumentParser:
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         kind = str if typ in (list, bool) else typ
         g.add_argument(*flags, dest=name, type=kind, default=None, metavar=typ.__name__.upper(),
-                       help=f"{f.metadata.get('help', '')} (default: {default})")
+                       help=f"{f.metadata.get('help', '')} (default: {default})".replace("%", "%%"))
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logs on stderr")
     p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only on stderr")

@@ -94,3 +94,14 @@ def test_terminal_chat_keeps_history_and_switches_adapters(tmp_path, capsys, mon
     assert len(replies) == 2 and replies[0].startswith("bot> Hey there") and replies[1].startswith("bot> Dear customer")
     assert "(adapter: formal)" in out and "adapter 'grumpy' is not available" in out
     assert "(adapters: none, formal, sunny)" in out
+
+
+def test_every_command_has_working_help(capsys):
+    import pytest
+
+    from bot.cli import build_parser
+
+    for command in build_parser()._subparsers._group_actions[0].choices:
+        with pytest.raises(SystemExit) as done:
+            main([command, "--help"])
+        assert done.value.code == 0 and "--kb" in capsys.readouterr().out, command
