@@ -31,9 +31,9 @@ _PATTERNS = [
                 r"that'?s (wrong|not right|not it|incorrect)|no,? that'?s not (it|what i asked)"),
 ]
 _FILLER = r"(ok(ay)?|great|perfect|awesome|cool|alright|well|oh|ah|so|and|again|anyway|folks|team|all|everyone|there)"
+# A follow-up starts with a connective or leans on a pronoun; "How much is the Plus plan?" stands alone.
 _FOLLOW_UP = re.compile(
-    r"^(and|also|but|what about|how about|and what|what if|same for|is that|does that|does it|is it|can i|"
-    r"how long|how much|when|which one)\b|\b(that|this|it|they|them|those|these|one|there|its)\b",
+    r"^(and|also|but|so|what about|how about|what if|same for|same question)\b|\b(that|this|it|they|them|those|these|its)\b",
     re.I,
 )
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")

@@ -37,6 +37,9 @@ HISTORY = [
         ("and how long does that take?", "How do I return my thermostat? and how long does that take?"),
         ("What about the Pro?", "How do I return my thermostat? What about the Pro?"),
         ("Do you ship to Canada?", "Do you ship to Canada?"),  # a new question stands alone
+        ("How much is the Plus plan?", "How much is the Plus plan?"),
+        ("Is there a fee for express shipping?", "Is there a fee for express shipping?"),
+        ("How much is it per year?", "How do I return my thermostat? How much is it per year?"),
     ],
 )
 def test_follow_ups_are_resolved_against_the_last_inquiry(message, expected):
