@@ -123,10 +123,10 @@ class AdapterRegistry:
 
     def check(self, name: str | None) -> str:
         name = name or NONE
-        if name != NONE and self.adapters.get(name, Adapter(name, Path(), "")).status != "loaded":
-            known = ", ".join(self.names())
-            why = self.adapters[name].reason if name in self.adapters else "no such adapter"
-            raise AdapterError(f"adapter {name!r} is not available: {why}", f"choose one of: {known}")
+        found = self.adapters.get(name)
+        if name != NONE and (found is None or found.status != "loaded"):
+            why = found.reason if found else "no such adapter"
+            raise AdapterError(f"adapter {name!r} is not available: {why}", f"choose one of: {', '.join(self.names())}")
         return name
 
     def card(self, name: str) -> dict:

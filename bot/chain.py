@@ -25,9 +25,6 @@ from bot.generation import GenerationStats, Generator
 from bot.grounding import best_sentences, cited_numbers, proper_names, unsupported
 from bot.retrieval import KnowledgeRetriever, Passage
 
-CONVERSATIONAL = {dialogue.GREETING, dialogue.THANKS, dialogue.GOODBYE, dialogue.COMPLAINT}
-
-
 @dataclass
 class Answer:
     text: str

@@ -146,8 +146,9 @@ def _bot(args: argparse.Namespace):
     return bot
 
 
-def _answer_text(answer) -> str:
-    lines = [answer.text]
+def _answer_details(answer) -> list[str]:
+    """What follows an answer on the terminal: flagged values and the sources."""
+    lines = []
     if answer.flagged:
         lines.append(f"(grounding check: not in the cited passages: {', '.join(answer.flagged)}"
                      + ("; answered with a quote instead)" if answer.kind == "fallback" else ")"))
@@ -156,13 +157,13 @@ def _answer_text(answer) -> str:
         lines.append("Sources:")
         lines += [f"  [{s['n']}] {s['source']}" + (f" > {s['section']}" if s["section"] else "") + f"  ({s['score']:.2f})"
                   for s in cited]
-    return "\n".join(lines)
+    return lines
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
     bot = _bot(args)
     answer = bot.chain.ask(args.question, adapter=args.adapter)
-    _emit(args, answer.to_dict(), _answer_text(answer))
+    _emit(args, answer.to_dict(), "\n".join([answer.text, *_answer_details(answer)]))
     return 0
 
 
@@ -206,9 +207,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
         print()
         if answer.text.strip() != answer.generated.strip() and answer.generated:
             print(f"(replaced after the grounding check)\nbot> {answer.text}")
-        details = _answer_text(answer).splitlines()[len(answer.text.splitlines()):]
-        if details:
-            print("\n".join(details))
+        for line in _answer_details(answer):
+            print(line)
         history += [{"role": "user", "content": message}, {"role": "assistant", "content": answer.text}]
 
 

@@ -57,7 +57,7 @@ def encode(loaded: LoadedModel, messages: list[dict], line: int = 0) -> Example:
     return Example(ids, labels[: len(ids)], line)
 
 
-def _batches(rows: list[Example], size: int, pad: int):
+def _batches(rows: list[Example], pad: int):
     import torch
 
     width = max(len(r.input_ids) for r in rows)
@@ -73,7 +73,7 @@ def _batches(rows: list[Example], size: int, pad: int):
 
 
 def _loss(model, rows: list[Example], pad: int, device: str):
-    ids, labels, mask = (t.to(device) for t in _batches(rows, len(rows), pad))
+    ids, labels, mask = (t.to(device) for t in _batches(rows, pad))
     return model(input_ids=ids, attention_mask=mask, labels=labels).loss
 
 
