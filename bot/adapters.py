@@ -107,9 +107,10 @@ def same_base(wanted: str, loaded: str) -> bool:
 
 
 class AdapterRegistry:
-    def __init__(self, loaded, directory: Path):
+    def __init__(self, loaded, directory: Path, shipped: Path | None = None):
         self.loaded = loaded  # bot.model.LoadedModel
         self.directory = Path(directory)
+        self.shipped = shipped  # adapters that ship with the model (the demo's); `directory` wins on a name clash
         self.adapters: dict[str, Adapter] = {}
         self._peft = None  # PeftModel wrapping loaded.model once the first adapter is in
         self._local = threading.local()
@@ -157,10 +158,12 @@ class AdapterRegistry:
         """Load new and changed adapter folders, drop removed ones. Safe while others generate."""
         with self._scan_lock:
             seen = set()
-            folders = sorted(p for p in self.directory.iterdir() if p.is_dir() and not p.name.startswith(".")) \
-                if self.directory.is_dir() else []
+            folders = [p for d in (self.directory, self.shipped) if d and d.is_dir() for p in sorted(d.iterdir())
+                       if p.is_dir() and not p.name.startswith(".")]
             for folder in folders:
                 name = folder.name
+                if name in seen:
+                    continue
                 seen.add(name)
                 stamp = _stamp(folder)
                 old = self.adapters.get(name)

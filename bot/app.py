@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
+from bot import demo
 from bot.config import Settings
 
 
@@ -53,19 +55,26 @@ def build_knowledge_base(settings: Settings, embeddings=None):
     return KnowledgeBase(settings, embeddings)
 
 
+def adapter_registry(settings: Settings, loaded):
+    """The adapters in settings.adapters_dir, plus the demo's voices when the model is the demo."""
+    from bot.adapters import AdapterRegistry
+
+    shipped = demo.ADAPTERS_DIR if Path(loaded.name).name == demo.MODEL_NAME else None
+    return AdapterRegistry(loaded, settings.adapters_dir, shipped)
+
+
 def build_bot(settings: Settings, embeddings=None, loaded=None) -> Bot:
     """Knowledge base, model, adapters (scanned once here) and the chain over them.
 
     `loaded` lets a caller that already holds a model (tests, the eval) share it.
     """
-    from bot.adapters import AdapterRegistry
     from bot.chain import SupportChain
     from bot.generation import Generator
     from bot.model import load_model
 
     kb = build_knowledge_base(settings, embeddings)
     loaded = loaded or load_model(settings.model)
-    adapters = AdapterRegistry(loaded, settings.adapters_dir)
+    adapters = adapter_registry(settings, loaded)
     adapters.scan()
     chain = SupportChain(settings, kb, Generator(loaded, adapters, settings.model))
     return Bot(settings=settings, embeddings=kb.embeddings, kb=kb, model=loaded, adapters=adapters, chain=chain)

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Iterator
 
 from langchain_core.runnables import RunnableGenerator, RunnableLambda
 
-from bot import dialogue, prompts
+from bot import demo, dialogue, prompts
 from bot.config import Settings
 from bot.generation import GenerationStats, Generator
 from bot.grounding import best_sentences, cited_numbers, proper_names, unsupported
@@ -123,11 +124,17 @@ class SupportChain:
     def _answer(self, state: dict, voice: prompts.Voice) -> Iterator[dict]:
         loaded, ms = self.generator.loaded, self.settings.model
         budget = loaded.context - min(ms.max_new_tokens, loaded.context // 2) - 8
-        passages = prompts.fit_passages(lambda m: len(loaded.encode(m)), state["question"], state["passages"], budget)
-        if not passages:  # a context window too small for even one passage: do not answer blind
+        keep = self.settings.chain.passage_sentences
+        if keep < 0:
+            keep = 2 if Path(loaded.name).name == demo.MODEL_NAME else 0
+        full = {p.n: p for p in state["passages"]}
+        shown = [replace(p, text=prompts.select_sentences(p.text, state["question"], keep)) for p in state["passages"]]
+        shown = prompts.fit_passages(lambda m: len(loaded.encode(m)), state["question"], shown, budget)
+        if not shown:  # a context window too small for even one passage: do not answer blind
             yield from self._refuse(state, voice)
             return
-        messages = prompts.answer_messages(state["question"], passages)
+        messages = prompts.answer_messages(state["question"], shown)
+        passages = [full[p.n] for p in shown]
         timings = {"retrieve_s": round(state["retrieve_s"], 4)}
         stats, pieces = GenerationStats(), []
         for piece in self._generate(state, messages, timings, stats):

@@ -23,7 +23,8 @@ _RETRIEVAL = {"retrieval.k": ["--k", "-k"], "retrieval.threshold": ["--threshold
 _TRAIN = {f"train.{k}": [f"--{k.replace('_', '-')}"] for k in (
     "epochs", "max_steps", "lr", "batch_size", "rank", "alpha", "seed", "placeholders", "with_context", "max_tokens",
     "eval_fraction", "max_bad_fraction")}
-COMMAND_ALIASES = {"search": _RETRIEVAL, "ask": _RETRIEVAL, "chat": _RETRIEVAL, "train": _TRAIN}
+_SERVE = {"serve.host": ["--host"], "serve.port": ["--port"], **_RETRIEVAL}
+COMMAND_ALIASES = {"search": _RETRIEVAL, "ask": _RETRIEVAL, "chat": _RETRIEVAL, "train": _TRAIN, "serve": _SERVE}
 
 
 def _common(command: str) -> argparse.ArgumentParser:
@@ -81,6 +82,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("adapters", parents=[_common("adapters")], help="list voice adapters: base, card, status")
     p.set_defaults(func=cmd_adapters)
+
+    p = sub.add_parser("serve", parents=[_common("serve")], help="the chat page in the browser (http://127.0.0.1:7860)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("demo", parents=[_common("demo")], help="rebuild the embedded demo model and its two voices")
+    p.add_argument("action", choices=["build"])
+    p.add_argument("--quick", action="store_true", help="a miniature build in seconds (for tests; it copies poorly)")
+    p.add_argument("--out", type=Path, help="write here instead of the package's bot/demo/")
+    p.add_argument("--base-steps", type=int, help="training steps of the base model (default: the recipe's)")
+    p.add_argument("--voice-steps", type=int, help="training steps of each voice (default: the recipe's)")
+    p.add_argument("--seed", type=int, default=0, help="same seed, same weights (default: 0)")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 
@@ -255,14 +268,65 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_adapters(args: argparse.Namespace) -> int:
-    from bot.adapters import AdapterRegistry
+def cmd_serve(args: argparse.Namespace) -> int:
+    from bot.app import build_bot
+    from ui.page import ChatPage
+
+    settings = _settings(args)
+    bot = build_bot(settings)
+    print(bot.kb.sync(progress=not args.quiet).summary(), file=sys.stderr)
+    bot.kb.start_watching()
+    s = settings.serve
+    print(f"supportbot: http://{s.host}:{s.port} (model {bot.model.name}; voices: {', '.join(bot.adapters.names())}"
+          f"{'; login required' if s.user else ''}). Ctrl-C stops.", file=sys.stderr)
+    try:
+        ChatPage(bot).launch(block=True)
+    finally:
+        bot.kb.stop_watching()
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
     from bot.app import quiet_libraries
+    from bot.demo.build import DemoRecipe, build
+
+    quiet_libraries()
+    settings = _settings(args)
+    recipe = DemoRecipe.quick() if args.quick else DemoRecipe()
+    recipe.seed = args.seed
+    recipe.base_steps = args.base_steps or recipe.base_steps
+    recipe.voice_steps = args.voice_steps or recipe.voice_steps
+    bars: dict = {}
+
+    def step(part: str, done: int, total: int, loss: float) -> None:
+        if part not in bars:
+            for bar in bars.values():
+                bar.close()
+            bars[part] = tqdm(total=total, desc=f"training {part}", unit="step", file=sys.stderr, disable=args.quiet)
+        bars[part].update(1)
+        bars[part].set_postfix(loss=f"{loss:.3f}")
+
+    try:
+        info = build(args.out, recipe, settings.kb, on_step=step)
+    finally:
+        for bar in bars.values():
+            bar.close()
+    text = (f"demo model: {info['parameters'] / 1e6:.2f}M parameters, {info['model_mb']} MB, base trained "
+            f"{recipe.base_steps} steps in {info['base_seconds']} s (loss {info['base_loss_first']} -> "
+            f"{info['base_loss_last']}); voices: {', '.join(info['voices'])}; {info['total_seconds']} s in all")
+    _emit(args, info, text)
+    return 0
+
+
+def cmd_adapters(args: argparse.Namespace) -> int:
+    from bot.app import adapter_registry, quiet_libraries
     from bot.model import load_model
 
     quiet_libraries()
     settings = _settings(args)
-    registry = AdapterRegistry(load_model(settings.model), settings.adapters_dir)
+    registry = adapter_registry(settings, load_model(settings.model))
     found = registry.scan()
     payload = {"model": registry.loaded.name, "adapters_dir": str(settings.adapters_dir),
                "adapters": [a.to_dict() for a in found]}

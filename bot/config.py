@@ -64,6 +64,8 @@ class ChainSettings:
     history_turns: int = _f(6, "earlier messages kept for follow-up questions")
     grounding: str = _f("fallback", "values missing from the cited passages: fallback (quote the best "
                         "passage instead), flag (answer as is, list them) or off")
+    passage_sentences: int = _f(-1, "show the model only this many sentences of each passage, those closest to "
+                                "the question (0: whole passages; -1: 2 for the embedded demo model, else 0)")
     handoff_query: str = _f("contact support email phone hours", "search that finds the contact details offered on a hand-off")
 
 
@@ -92,6 +94,17 @@ class TrainArgs:
 
 
 @dataclass
+class ServeSettings:
+    host: str = _f("127.0.0.1", "address the chat page binds to (anything but localhost should set a login)")
+    port: int = _f(7860, "port of the chat page")
+    user: str = _f("", "login user for the page and its API (with password; env SUPPORTBOT_SERVE_USER)")
+    password: str = _f("", "login password (env SUPPORTBOT_SERVE_PASSWORD); empty: no login")
+    feedback_file: Path = _f(Path(""), "JSONL that thumbs up/down append to (empty: <data-dir>/feedback.jsonl)")
+    max_upload_mb: float = _f(5.0, "largest document the page accepts for upload")
+    concurrency: int = _f(4, "answers generated at the same time; more requests wait in the queue")
+
+
+@dataclass
 class Settings:
     kb: Path = _f(Path("knowledge_base"), "knowledge-base folder (Markdown, text, HTML, PDF)")
     data_dir: Path = _f(Path(".supportbot"), "where the index lives; never inside the knowledge base")
@@ -102,6 +115,7 @@ class Settings:
     model: ModelSettings = field(default_factory=ModelSettings)
     chain: ChainSettings = field(default_factory=ChainSettings)
     train: TrainArgs = field(default_factory=TrainArgs)
+    serve: ServeSettings = field(default_factory=ServeSettings)
 
     def validate(self) -> "Settings":
         kb, data = self.kb.resolve(), self.data_dir.resolve()
@@ -122,7 +136,14 @@ class Settings:
             raise ConfigError(f"train.placeholders must be keep, strip or fill, got {self.train.placeholders!r}")
         if self.model.temperature < 0:
             raise ConfigError("model.temperature must be 0 or more")
+        if bool(self.serve.user) != bool(self.serve.password):
+            raise ConfigError("serve.user and serve.password go together",
+                              "set both (SUPPORTBOT_SERVE_USER and SUPPORTBOT_SERVE_PASSWORD) or neither")
         return self
+
+    @property
+    def feedback_path(self) -> Path:
+        return self.serve.feedback_file if str(self.serve.feedback_file) not in ("", ".") else self.data_dir / "feedback.jsonl"
 
     @property
     def index_dir(self) -> Path:

@@ -125,11 +125,19 @@ def proper_names(texts: list[str]) -> set[str]:
 
 
 def best_sentences(passage: str, question: str, limit: int = 2) -> str:
-    """The `limit` sentences of `passage` that share most words with `question`, in passage order."""
+    """The `limit` sentences of `passage` that share most words with `question`, in passage order.
+
+    A sentence that carries a value (a number, an e-mail) weighs half a shared word more: support
+    questions mostly ask for one ("How much is Plus?" is answered by "- $4.99 per month").
+    """
     sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+|\n+", passage) if len(s.strip()) > 2]
     if not sentences:
         return passage.strip()
     q = set(tokenize(question))
-    ranked = sorted(range(len(sentences)), key=lambda i: (-len(q & set(tokenize(sentences[i]))), i))
+
+    def weight(i: int) -> float:
+        s = sentences[i]
+        return len(q & set(tokenize(s))) + 0.5 * bool(NUMBER.search(s) or EMAIL.search(s))
+    ranked = sorted(range(len(sentences)), key=lambda i: (-weight(i), i))
     keep = sorted(ranked[:limit])
     return " ".join(sentences[i] for i in keep)

@@ -46,6 +46,7 @@ class SyncReport:
     repaired: list[str] = field(default_factory=list)  # sources re-indexed because index and records disagreed
     generation: str = ""
     seconds: float = 0.0
+    finished_at: float = 0.0  # wall-clock time (time.time()) the sync ended
 
     @property
     def changed_anything(self) -> bool:
@@ -115,6 +116,7 @@ class KnowledgeBase:
         with self._sync_lock:
             report, fingerprint = self._sync(rebuild, allow_empty, progress)
             self._synced_fingerprint = fingerprint  # from the scan's own stats: no second walk
+            report.finished_at = time.time()
             self.last_report, self.last_error = report, ""
             return report
 

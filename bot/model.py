@@ -102,10 +102,15 @@ def cannot_load_hint(name: str) -> str:
 
 
 def load_model(settings: ModelSettings, name: str | None = None) -> LoadedModel:
+    from bot import demo
+
     name = name or settings.name
-    if not name:
-        raise ModelError("no generator model is configured",
-                         "pass --model with a hub id (cached) or a local folder, e.g. --model ./models/Qwen2.5-0.5B-Instruct")
+    if not name:  # the embedded demo model, shipped in the package
+        if not demo.is_built():
+            raise ModelError("no --model given and the embedded demo model is not built",
+                             "run `supportbot demo build` (minutes on 2 cores), or pass --model with a hub id "
+                             "(cached) or a local folder, e.g. --model ./models/Qwen2.5-0.5B-Instruct")
+        name = str(demo.MODEL_DIR)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -1,1 +1,2 @@
-"""The Gradio chat page (`supportbot serve`). Not built yet: see the project's issues."""
+"""The Gradio chat page (`supportbot serve`): ui.page.ChatPage builds and launches it; ui.format
+holds what it shows as plain functions."""
