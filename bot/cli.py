@@ -86,6 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", parents=[_common("serve")], help="the chat page in the browser (http://127.0.0.1:7860)")
     p.set_defaults(func=cmd_serve)
 
+    p = sub.add_parser("eval", parents=[_common("eval")], help="base vs retrieval vs adapter vs hybrid on a question set")
+    p.add_argument("--qa", type=Path, help="JSONL of {question, answer, source[, out_of_scope]} (default: the "
+                   "question set of the shipped knowledge base)")
+    p.add_argument("--adapter", help="voice for the adapter and hybrid modes (default: the first one found)")
+    p.add_argument("--limit", type=int, default=0, help="only the first N answerable questions (0: all)")
+    p.add_argument("--stale-edits", type=int, default=5, help="facts edited for the staleness check")
+    p.add_argument("--out", type=Path, help="folder for eval.json, eval.md and eval.png (default: <data-dir>/eval)")
+    p.set_defaults(func=cmd_eval)
+
     p = sub.add_parser("demo", parents=[_common("demo")], help="rebuild the embedded demo model and its two voices")
     p.add_argument("action", choices=["build"])
     p.add_argument("--quick", action="store_true", help="a miniature build in seconds (for tests; it copies poorly)")
@@ -283,6 +292,41 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ChatPage(bot).launch(block=True)
     finally:
         bot.kb.stop_watching()
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from bot.app import quiet_libraries
+    from bot.demo import QUESTIONS
+    from bot.evaluate import chart, load_questions, markdown_table, run_eval
+
+    quiet_libraries()
+    settings = _settings(args)
+    qa = args.qa or QUESTIONS
+    if not qa.is_file():
+        raise SupportbotError(f"no question file {qa}", "pass --qa with a JSONL of {question, answer, source}")
+    bar = tqdm(desc="eval", unit="answer", file=sys.stderr, disable=args.quiet)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    try:
+        report = run_eval(settings, load_questions(qa), args.adapter, args.limit, args.stale_edits, on_progress=progress)
+    finally:
+        bar.close()
+    out = args.out or settings.data_dir / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    table = markdown_table(report)
+    report["files"] = {"json": str(out / "eval.json"), "table": str(out / "eval.md"), "chart": str(out / "eval.png")}
+    (out / "eval.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (out / "eval.md").write_text(table + "\n", encoding="utf-8")
+    chart(report, out / "eval.png")
+    _emit(args, report, f"{qa}: model {report['model']}, adapter {report['adapter']}\n\n{table}\n\n"
+                        f"wrote {out / 'eval.json'}, {out / 'eval.md'} and {out / 'eval.png'}")
     return 0
 
 

@@ -247,3 +247,57 @@ def test_login_guards_page_and_api(tiny_base, voices_dir, embeddings, tmp_path):
         assert "passages" in _client(url, auth=("agent", "s3cret-pass")).predict(api_name="/sync")
     finally:
         app.close()
+
+
+# --- a real browser: Debian chromium driven by Playwright ---------------------------------
+CHROMIUM = "/usr/bin/chromium"
+BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--no-first-run"]
+
+
+def _last_bot_text(pg, count: int, timeout_s: float = 60) -> str:
+    """Wait until the `count`-th bot bubble exists and the answer is final (sources shown), return it."""
+    bubbles = pg.locator('[data-testid="bot"]')
+    bubbles.nth(count - 1).wait_for(timeout=timeout_s * 1000)
+    pg.wait_for_function("() => !document.querySelector('#sources').innerText.includes('Answering')",
+                         timeout=timeout_s * 1000)
+    return bubbles.nth(count - 1).inner_text()
+
+
+@pytest.mark.slow
+def test_browser_chat_sources_adapter_switch_and_no_script_runs(server, page, tmp_path):
+    import os
+
+    from playwright.sync_api import sync_playwright
+
+    if not os.path.exists(CHROMIUM):
+        pytest.fail("Debian chromium is missing: apt-get install chromium chromium-driver (.ci/run does)")
+    solo = {a: page.bot.chain.ask(QUESTION, adapter=a).text for a in ("none", "formal")}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=BROWSER_ARGS)
+        try:
+            pg = browser.new_page()
+            pg.goto(server)
+            box = pg.locator("#message textarea")
+            box.fill(QUESTION)
+            box.press("Enter")
+            first = _last_bot_text(pg, 1)
+            assert first.strip().startswith(solo["none"][:15])
+            assert "[1]" in pg.locator("#sources").inner_text()
+            pg.locator("#adapter input").click()
+            pg.get_by_role("option", name="formal").first.click()
+            box.fill(QUESTION)
+            box.press("Enter")
+            second = _last_bot_text(pg, 2)
+            assert second.strip().startswith(solo["formal"][:15]) and second != first
+            box.fill('<img src=x onerror="window.__xss=1"><script>window.__xss=2</script> hello')
+            box.press("Enter")
+            _last_bot_text(pg, 3)
+            assert pg.evaluate("window.__xss") is None  # shown as text, never run
+            shown = pg.locator('[data-testid="user"]').nth(2).inner_text()
+            assert "img src=x" in shown and "hello" in shown, shown
+            shot = tmp_path / "chat-page.png"
+            pg.screenshot(path=str(shot), full_page=True)
+            assert shot.stat().st_size > 10_000
+        finally:
+            browser.close()

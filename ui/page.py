@@ -83,7 +83,7 @@ class ChatPage:
         if last is None:
             return "Ask a question first, then rate the answer."
         self.feedback.append(last["question"], last["answer"], last["sources"], last["adapter"], rating)
-        return f"Thanks: feedback saved ({'👍' if rating == 'up' else '👎'})."
+        return f"Thanks: feedback saved ({'helpful' if rating == 'up' else 'not helpful'})."
 
     def rate_up(self, request: gr.Request | None = None) -> str:
         return self.rate("up", request)
@@ -147,8 +147,8 @@ class ChatPage:
                     with gr.Row():
                         send = gr.Button("Send", variant="primary", elem_id="send")
                         stop = gr.Button("Stop", elem_id="stop")
-                        up = gr.Button("👍", elem_id="rate-up")
-                        down = gr.Button("👎", elem_id="rate-down")
+                        up = gr.Button("Helpful", elem_id="rate-up")  # words: emoji fonts are not everywhere
+                        down = gr.Button("Not helpful", elem_id="rate-down")
                     note = gr.Markdown(elem_id="feedback-note")
                 with gr.Column(scale=2):
                     adapter = gr.Dropdown(choices=self.adapter_choices(), value="none", label="Voice (adapter)",
