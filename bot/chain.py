@@ -114,9 +114,11 @@ class SupportChain:
                 yield from self._converse(state, voice, offer_person=kind in (dialogue.HANDOFF, dialogue.COMPLAINT))
 
     # --- responses ------------------------------------------------------------------------
-    def _generate(self, state: dict, messages: list[dict], timings: dict, stats: GenerationStats):
+    def _generate(self, state: dict, messages: list[dict], timings: dict, stats: GenerationStats,
+                  copy_from: list[str] | None = None):
         first = None
-        for piece in self.generator.stream(messages, state["adapter"], stop=state.get("stop"), stats=stats):
+        for piece in self.generator.stream(messages, state["adapter"], stop=state.get("stop"), stats=stats,
+                                           copy_from=copy_from if self.settings.chain.copy_digits else None):
             if first is None:
                 first = timings["first_token_s"] = round(time.perf_counter() - state["t0"], 4)
             yield piece
@@ -137,7 +139,7 @@ class SupportChain:
         passages = [full[p.n] for p in shown]
         timings = {"retrieve_s": round(state["retrieve_s"], 4)}
         stats, pieces = GenerationStats(), []
-        for piece in self._generate(state, messages, timings, stats):
+        for piece in self._generate(state, messages, timings, stats, [p.text for p in shown]):
             pieces.append(piece)
             yield {"type": "token", "text": piece}
         generated = "".join(pieces).strip()
@@ -147,7 +149,7 @@ class SupportChain:
             if self.settings.chain.grounding != "off" else []
         text, kind = generated, "answer"
         if not stats.stopped and (not generated or (flagged and self.settings.chain.grounding == "fallback")):
-            best = max(evidence, key=lambda p: p.score)
+            best = max(passages, key=lambda p: p.score)  # retrieval ranks better than a small model cites
             text = voice.frame(prompts.fallback_text(best_sentences(best.text, state["question"]), best.n))
             kind, cited = "fallback", [best.n]
         timings["total_s"] = round(time.perf_counter() - state["t0"], 4)

@@ -118,6 +118,30 @@ def _emit(args: argparse.Namespace, payload: dict, text: str) -> None:
         print(text)
 
 
+class _Bars:
+    """One tqdm bar per named part of a long job (a training run, each voice, an eval), on stderr."""
+
+    def __init__(self, quiet: bool):
+        self.quiet, self.bars = quiet, {}
+
+    def step(self, part: str, done: int, total: int, loss: float | None = None) -> None:
+        from tqdm import tqdm
+
+        if part not in self.bars:
+            self.close()
+            self.bars[part] = tqdm(total=total, initial=done - 1, desc=part, unit="step", file=sys.stderr,
+                                   disable=self.quiet)
+        bar = self.bars[part]
+        bar.total = total
+        bar.update(done - bar.n)
+        if loss is not None:
+            bar.set_postfix(loss=f"{loss:.3f}")
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+
+
 def cmd_sync(args: argparse.Namespace) -> int:
     from bot.app import build_knowledge_base
 
@@ -235,40 +259,30 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from bot.app import quiet_libraries
     from bot.training import train_voice
 
     quiet_libraries()
     settings = _settings(args)
     fill = dict(f.split("=", 1) for f in args.fill if "=" in f)
-    bar = None
+    bars = _Bars(args.quiet)
 
     def report(data: dict) -> None:
         print(f"{data['path']}: {data['used']} rows used, {data['bad']} bad, {data['filtered']} filtered", file=sys.stderr)
         for b in data["bad_rows"]:
             print(f"  line {b['line']}: {b['reason']} (skipped)", file=sys.stderr)
 
-    def step(done: int, total: int, loss: float) -> None:
-        nonlocal bar
-        if bar is None:
-            bar = tqdm(total=total, initial=done - 1, desc=f"training {args.name}", unit="step", file=sys.stderr,
-                       disable=args.quiet)
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.3f}")
-
     card = {k: v for k, v in {"voice": args.voice, "opener": args.opener, "closer": args.closer}.items() if v}
     try:
         summary = train_voice(settings, args.data, args.name, base=args.base, card=card, fill=fill,
                               samples=args.sample, resume=args.resume, overwrite=args.overwrite,
-                              on_step=step, on_report=report)
+                              on_step=lambda done, total, loss: bars.step(f"training {args.name}", done, total, loss),
+                              on_report=report)
     except KeyboardInterrupt:
         print("\ninterrupted: a checkpoint is kept; resume with the same command plus --resume", file=sys.stderr)
         return 130
     finally:
-        if bar is not None:
-            bar.close()
+        bars.close()
     before, after = summary["eval_loss_before"], summary["eval_loss"]
     text = (f"wrote {summary['path']} ({summary['steps']} steps, {summary['seconds']} s)\n"
             f"  train loss {summary['train_loss_first']:.3f} -> {summary['train_loss_last']:.3f}"
@@ -296,43 +310,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from bot.app import quiet_libraries
     from bot.demo import QUESTIONS
-    from bot.evaluate import chart, load_questions, markdown_table, run_eval
+    from bot.evaluate import load_questions, markdown_table, run_eval, write_report
 
     quiet_libraries()
     settings = _settings(args)
     qa = args.qa or QUESTIONS
     if not qa.is_file():
         raise SupportbotError(f"no question file {qa}", "pass --qa with a JSONL of {question, answer, source}")
-    bar = tqdm(desc="eval", unit="answer", file=sys.stderr, disable=args.quiet)
-
-    def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
-
+    bars = _Bars(args.quiet)
     try:
-        report = run_eval(settings, load_questions(qa), args.adapter, args.limit, args.stale_edits, on_progress=progress)
+        report = run_eval(settings, load_questions(qa), args.adapter, args.limit, args.stale_edits,
+                          on_progress=lambda done, total: bars.step("eval (answers)", done, total))
     finally:
-        bar.close()
-    out = args.out or settings.data_dir / "eval"
-    out.mkdir(parents=True, exist_ok=True)
-    table = markdown_table(report)
-    report["files"] = {"json": str(out / "eval.json"), "table": str(out / "eval.md"), "chart": str(out / "eval.png")}
-    (out / "eval.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    (out / "eval.md").write_text(table + "\n", encoding="utf-8")
-    chart(report, out / "eval.png")
-    _emit(args, report, f"{qa}: model {report['model']}, adapter {report['adapter']}\n\n{table}\n\n"
-                        f"wrote {out / 'eval.json'}, {out / 'eval.md'} and {out / 'eval.png'}")
+        bars.close()
+    files = write_report(report, args.out or settings.data_dir / "eval")
+    _emit(args, report, f"{qa}: model {report['model']}, adapter {report['adapter']}\n\n{markdown_table(report)}\n\n"
+                        f"wrote {', '.join(files.values())}")
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from bot.app import quiet_libraries
     from bot.demo.build import DemoRecipe, build
 
@@ -342,21 +341,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     recipe.seed = args.seed
     recipe.base_steps = args.base_steps or recipe.base_steps
     recipe.voice_steps = args.voice_steps or recipe.voice_steps
-    bars: dict = {}
-
-    def step(part: str, done: int, total: int, loss: float) -> None:
-        if part not in bars:
-            for bar in bars.values():
-                bar.close()
-            bars[part] = tqdm(total=total, desc=f"training {part}", unit="step", file=sys.stderr, disable=args.quiet)
-        bars[part].update(1)
-        bars[part].set_postfix(loss=f"{loss:.3f}")
-
+    bars = _Bars(args.quiet)
     try:
-        info = build(args.out, recipe, settings.kb, on_step=step)
+        info = build(args.out, recipe, settings.kb, on_step=lambda part, *a: bars.step(f"training {part}", *a))
     finally:
-        for bar in bars.values():
-            bar.close()
+        bars.close()
     text = (f"demo model: {info['parameters'] / 1e6:.2f}M parameters, {info['model_mb']} MB, base trained "
             f"{recipe.base_steps} steps in {info['base_seconds']} s (loss {info['base_loss_first']} -> "
             f"{info['base_loss_last']}); voices: {', '.join(info['voices'])}; {info['total_seconds']} s in all")

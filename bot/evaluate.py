@@ -237,3 +237,13 @@ def chart(report: dict, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def write_report(report: dict, out: Path) -> dict:
+    """eval.json, eval.md (the table) and eval.png (the chart) in `out`; their paths go into the report."""
+    out.mkdir(parents=True, exist_ok=True)
+    report["files"] = {"json": str(out / "eval.json"), "table": str(out / "eval.md"), "chart": str(out / "eval.png")}
+    (out / "eval.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (out / "eval.md").write_text(markdown_table(report) + "\n", encoding="utf-8")
+    chart(report, out / "eval.png")
+    return report["files"]

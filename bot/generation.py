@@ -33,6 +33,7 @@ class Generator:
         self.loaded = loaded
         self.adapters = adapters
         self.settings = settings
+        self._digits: dict[str, list[int]] | None = None  # digit token ids, for copy_from
 
     def stream(
         self,
@@ -41,11 +42,16 @@ class Generator:
         stop: threading.Event | None = None,
         max_new_tokens: int | None = None,
         stats: GenerationStats | None = None,
+        copy_from: list[str] | None = None,
         **generate_kwargs,
     ) -> Iterator[str]:
-        """Yield text pieces of the model's reply to `messages`, generated with `adapter`."""
+        """Yield text pieces of the model's reply to `messages`, generated with `adapter`.
+
+        `copy_from`: passage texts whose digits are copied where the answer follows their wording
+        (bot/copying.py).
+        """
         import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+        from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
         self.adapters.check(adapter)  # unknown adapter: fail before starting a thread
         halt = threading.Event()  # set when the reader is done or gone; `stop` is the caller's
@@ -79,6 +85,12 @@ class Generator:
             **sampling,
             **generate_kwargs,
         )
+        if copy_from:
+            from bot.copying import CopyDigits, digit_tokens
+
+            if self._digits is None:
+                self._digits = digit_tokens(tok)
+            kwargs["logits_processor"] = LogitsProcessorList([CopyDigits(tok, copy_from, len(ids), self._digits)])
         failure: list[BaseException] = []
 
         def run() -> None:

@@ -36,7 +36,6 @@ def test_fingerprint_tells_architectures_apart(tmp_path, tiny_base):
 @pytest.mark.parametrize(
     "name, message, hint",
     [
-        ("", "no generator model is configured", "--model"),
         ("./models/missing", "no such folder", "check the path"),
         ("SomeOrg/not-cached-model", "cannot load the model", "hf download SomeOrg/not-cached-model"),
     ],
@@ -45,6 +44,15 @@ def test_a_model_that_cannot_be_had_says_what_to_do(name, message, hint):
     with pytest.raises(ModelError) as err:
         load_model(ModelSettings(name=name))
     assert message in str(err.value) and hint in err.value.hint
+
+
+def test_no_model_and_no_demo_says_how_to_build_it(tmp_path, monkeypatch):
+    from bot import demo
+
+    monkeypatch.setattr(demo, "MODEL_DIR", tmp_path / "supportbot-demo")
+    with pytest.raises(ModelError) as err:
+        load_model(ModelSettings(name=""))
+    assert "demo model is not built" in str(err.value) and "supportbot demo build" in err.value.hint
 
 
 def test_a_folder_that_is_not_a_model_is_named(tmp_path):
