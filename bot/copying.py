@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import re
 
+from bot.grounding import NUMBER
+
 _NUMBER_TAIL = re.compile(r"[$€£]?\d[\d.,:]*$")
 
 
@@ -59,29 +61,52 @@ def next_char(answer: str, evidence: str, min_match: int = 6, max_match: int = 4
     return None
 
 
+def allowed_digits(answer: str, numbers: list[str]) -> set[str] | None:
+    """Digits that keep the number being written (after a currency sign, or already begun) a prefix
+    of some number in the passages; None where no number is being written."""
+    tail = _NUMBER_TAIL.search(answer)
+    partial = tail.group(0).lstrip("$€£") if tail else ""
+    if not partial and not answer.endswith(("$", "€", "£")):
+        return None
+    return {n[len(partial)] for n in numbers if n.startswith(partial) and len(n) > len(partial)
+            and n[len(partial)].isdigit()}
+
+
 class CopyDigits:
-    """A transformers LogitsProcessor (duck-typed: called with input_ids and scores)."""
+    """A transformers LogitsProcessor (duck-typed: called with input_ids and scores).
+
+    Strong where the passages say exactly what comes next (the answer's last `strong_match`
+    characters, or the start of its current sentence, follow a passage): that digit, or no digit.
+    Soft elsewhere: a number the answer is writing must stay a prefix of a number in the passages,
+    and the model picks among those digits. A short generic match ("costs $") never forces a digit.
+    """
 
     def __init__(self, tokenizer, passages: list[str], prompt_len: int, digits: dict[str, list[int]],
-                 min_match: int = 6):
+                 strong_match: int = 16):
         self.tokenizer = tokenizer
         self.evidence = sentence_lines(passages)
+        self.numbers = sorted({m.group(0).rstrip(".,:") for m in NUMBER.finditer(self.evidence)})
         self.prompt_len = prompt_len
         self.digits = digits
         self.all_digits = [t for ids in digits.values() for t in ids]
-        self.min_match = min_match
+        self.strong_match = strong_match
 
     def __call__(self, input_ids, scores):
         if not self.all_digits or not self.evidence:
             return scores
         answer = self.tokenizer.decode(input_ids[0, self.prompt_len:], skip_special_tokens=True)
-        follow = next_char(answer, self.evidence, self.min_match)
-        if follow is None:
-            return scores
-        if follow.isdigit() and follow in self.digits:  # the passage's digit, and nothing else
-            keep = scores[0, self.digits[follow]].clone()
-            scores[0, :] = float("-inf")
-            scores[0, self.digits[follow]] = keep
-        elif _NUMBER_TAIL.search(answer):  # the passage's number ends here: so does the answer's
-            scores[0, self.all_digits] = float("-inf")
+        follow = next_char(answer, self.evidence, self.strong_match)
+        if follow is not None:
+            if follow.isdigit() and follow in self.digits:  # the passage's digit, and nothing else
+                keep = scores[0, self.digits[follow]].clone()
+                scores[0, :] = float("-inf")
+                scores[0, self.digits[follow]] = keep
+                return scores
+            if _NUMBER_TAIL.search(answer):  # the passage's number ends here: so does the answer's
+                scores[0, self.all_digits] = float("-inf")
+                return scores
+        allowed = allowed_digits(answer, self.numbers)
+        if allowed is not None:
+            banned = [t for d, ids in self.digits.items() if d not in allowed for t in ids]
+            scores[0, banned] = float("-inf")
         return scores
