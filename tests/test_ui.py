@@ -294,8 +294,10 @@ def test_browser_chat_sources_adapter_switch_and_no_script_runs(server, page, tm
             box.press("Enter")
             _last_bot_text(pg, 3)
             assert pg.evaluate("window.__xss") is None  # shown as text, never run
-            shown = pg.locator('[data-testid="user"]').nth(2).inner_text()
-            assert "img src=x" in shown and "hello" in shown, shown
+            pg.wait_for_function(  # the markup is shown as text in the user's bubble
+                "() => { const u = document.querySelectorAll('[data-testid=\"user\"]');"
+                " return u.length > 2 && u[2].innerText.includes('img src=x') && u[2].innerText.includes('hello'); }",
+                timeout=30_000)
             shot = tmp_path / "chat-page.png"
             pg.screenshot(path=str(shot), full_page=True)
             assert shot.stat().st_size > 10_000
