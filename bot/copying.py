@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-from bot.grounding import NUMBER
+from bot.grounding import NUMBER, sentences
 
 _NUMBER_TAIL = re.compile(r"[$€£]?\d[\d.,:]*$")
 
@@ -37,9 +37,7 @@ def sentence_lines(passages: list[str]) -> str:
     starting with "\n": a sentence start can be found as "\n" + the answer's sentence so far."""
     lines = []
     for text in passages:
-        for s in re.split(r"(?<=[.!?])\s+|\n+", _LIST_MARK.sub("", text)):
-            if s.strip():
-                lines.append(s.strip())
+        lines += sentences(_LIST_MARK.sub("", text), min_chars=1)
     return "\n" + "\n".join(lines) + "\n"
 
 

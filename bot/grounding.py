@@ -124,20 +124,25 @@ def proper_names(texts: list[str]) -> set[str]:
     return {w for w, n in upper.items() if n >= 2 and n > lower[w]}
 
 
+def sentences(text: str, min_chars: int = 3) -> list[str]:
+    """The sentences and lines of `text`, stripped, those shorter than `min_chars` dropped."""
+    return [s.strip() for s in re.split(r"(?<=[.!?])\s+|\n+", text) if len(s.strip()) >= min_chars]
+
+
 def best_sentences(passage: str, question: str, limit: int = 2) -> str:
     """The `limit` sentences of `passage` that share most words with `question`, in passage order.
 
     A sentence that carries a value (a number, an e-mail) weighs half a shared word more: support
     questions mostly ask for one ("How much is Plus?" is answered by "- $4.99 per month").
     """
-    sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+|\n+", passage) if len(s.strip()) > 2]
-    if not sentences:
+    found = sentences(passage)
+    if not found:
         return passage.strip()
     q = set(tokenize(question))
 
     def weight(i: int) -> float:
-        s = sentences[i]
+        s = found[i]
         return len(q & set(tokenize(s))) + 0.5 * bool(NUMBER.search(s) or EMAIL.search(s))
-    ranked = sorted(range(len(sentences)), key=lambda i: (-weight(i), i))
+    ranked = sorted(range(len(found)), key=lambda i: (-weight(i), i))
     keep = sorted(ranked[:limit])
-    return " ".join(sentences[i] for i in keep)
+    return " ".join(found[i] for i in keep)

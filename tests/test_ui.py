@@ -2,6 +2,7 @@
 server on 127.0.0.1 through gradio_client (streaming, adapter per session, sync, upload,
 feedback, login). The browser test is in test_browser.py."""
 
+import html
 import json
 import shutil
 import socket
@@ -12,7 +13,7 @@ import pytest
 from bot.errors import RequestError
 from bot.trainingdata import load_rows
 from conftest import SHIPPED_KB, load_tiny, write
-from ui.format import history_messages, sources_markdown, text_of, upload_name
+from ui.format import history_messages, shown_text, sources_markdown, text_of, upload_name
 
 QUESTION = "How much is the Plus plan per month?"
 EXT = [".md", ".txt", ".html", ".pdf"]
@@ -86,7 +87,7 @@ def test_respond_streams_then_shows_the_answer_and_its_sources(page):
     history, sources = outputs[-1]
     assert [m["role"] for m in history] == ["user", "assistant"]
     solo = page.bot.chain.ask(QUESTION, adapter="sunny")
-    assert history[-1]["content"].startswith(solo.text.replace("&", "&amp;").replace("<", "&lt;")[:20])
+    assert history[-1]["content"].startswith(shown_text(solo.text)[:20])
     assert "**[1]**" in sources and "pricing-and-plans.md" in sources
 
 
@@ -180,8 +181,7 @@ def server(page):
 def _client(url, **kw):
     from gradio_client import Client
 
-    return Client(url, verbose=False, analytics_enabled=False, **kw) if "analytics_enabled" in \
-        Client.__init__.__code__.co_varnames else Client(url, verbose=False, **kw)
+    return Client(url, verbose=False, analytics_enabled=False, **kw)
 
 
 def test_api_streams_and_keeps_each_sessions_adapter(server, page):
@@ -204,7 +204,7 @@ def test_api_streams_and_keeps_each_sessions_adapter(server, page):
     assert not errors
     for adapter, (updates, text) in results.items():
         assert updates >= 2, "the reply should arrive in pieces"
-        assert text_of(text).replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">").startswith(solo[adapter]), adapter
+        assert html.unescape(text_of(text)).startswith(solo[adapter]), adapter
 
 
 def test_api_sync_upload_and_feedback(server, page, tmp_path):

@@ -75,7 +75,7 @@ def kb_status_markdown(kb) -> str:
     report = kb.last_report
     lines = [f"**{len(view.sources())} documents**, **{len(view)} passages** in the index"]
     if report is not None:
-        when = time.strftime("%H:%M:%S", time.localtime(report.finished_at)) if getattr(report, "finished_at", 0) else "?"
+        when = time.strftime("%H:%M:%S", time.localtime(report.finished_at)) if report.finished_at else "?"
         lines.append(f"Last sync {when}: {html.escape(report.summary())}")
         for s in report.skipped[:5]:
             lines.append(f"- skipped `{html.escape(s['file'])}`: {html.escape(s['reason'])}")

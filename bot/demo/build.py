@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import random
 import shutil
 import tempfile
 import time
@@ -123,7 +124,6 @@ def build(out_dir: Path | None = None, recipe: DemoRecipe | None = None, kb: Pat
     if not passages:
         raise ValueError(f"no passages in {settings.kb}: the demo is trained on a knowledge base's text")
 
-    import random
     rng = random.Random(recipe.seed)
     texts = [redraw_digits(p["text"], rng) for p in passages for _ in range(3)]
     texts += [ANSWER_INSTRUCTIONS, CONVERSATION_INSTRUCTIONS] * 20

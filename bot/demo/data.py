@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 from bot.demo import NEUTRAL_CLOSERS, NEUTRAL_OPENERS, VoiceSpec
-from bot.grounding import NUMBER
+from bot.grounding import NUMBER, sentences
 from bot.lexical import STOPWORDS
 
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]+")
@@ -37,10 +37,6 @@ def redraw_digits(text: str, rng: random.Random) -> str:
                 out.append(ch)
         return "".join(out)
     return NUMBER.sub(one, text)
-
-
-def sentences(text: str) -> list[str]:
-    return [s.strip() for s in re.split(r"(?<=[.!?])\s+|\n+", text) if len(s.strip()) > 2]
 
 
 def clean_fact(sentence: str) -> str:
