@@ -7,7 +7,8 @@ not by the training templates), for the base model and each voice:
 - exact copy: the gold value (e.g. "$4.99") appears verbatim in the answer;
 - after an edit: every gold value is replaced in its file by a fresh one that appears nowhere in
   the knowledge base (so also never in training), a new "Ultra" plan is added, the folder is
-  synced, and the same questions are asked again: new value given, old value still given;
+  synced, and the same questions are asked again: new value given, old value still given (a
+  question whose value an earlier edit already replaced in the same file is not asked twice);
 - voice: the share of answers carrying the voice's markers, the other voice's, and with none;
 - out-of-scope questions refused by the chain (below the relevance threshold).
 It also reports how many answers the grounding check replaced by a quote (kind "fallback"), so
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import re
 import shutil
 import sys
@@ -35,17 +35,6 @@ NEW_PLAN = ("\n\n## Ultra\n\n- $17.49 per month or $174 per year\n- Everything i
 
 def _norm(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip().lower()
-
-
-def fresh_value(old: str, corpus: str, rng: random.Random) -> str:
-    """`old` with new digits, such that the result occurs nowhere in `corpus`."""
-    from bot.demo.data import redraw_digits
-
-    for _ in range(1000):
-        new = redraw_digits(old, rng)
-        if new != old and new not in corpus:
-            return new
-    raise RuntimeError(f"no fresh value for {old}")
 
 
 def ask_all(bot, questions: list[dict], adapter: str) -> list[dict]:
@@ -70,9 +59,10 @@ def main() -> None:
     from bot.app import build_bot, quiet_libraries
     from bot.config import Settings
     from bot.demo import QUESTIONS, VOICES, voice_shown
+    from bot.evaluate import edit_facts, load_questions
 
     quiet_libraries()
-    rows = [json.loads(x) for x in QUESTIONS.read_text(encoding="utf-8").splitlines() if x.strip()]
+    rows = load_questions(QUESTIONS)
     inscope = [r for r in rows if not r.get("out_of_scope")]
     outscope = [r for r in rows if r.get("out_of_scope")]
     tmp = Path(tempfile.mkdtemp(prefix="bench-demo-"))
@@ -87,17 +77,7 @@ def main() -> None:
     before = {a: ask_all(bot, inscope, a) for a in adapters}
     refusals = {a: ask_all(bot, outscope, a) for a in adapters}
 
-    rng = random.Random(7)
-    corpus = "\n".join(p.read_text(encoding="utf-8") for p in kb.rglob("*.md"))
-    edited = []
-    for r in inscope:
-        if not re.search(r"\d", r["answer"]):
-            continue
-        path = kb / r["source"]
-        new = fresh_value(r["answer"], corpus, rng)
-        path.write_text(path.read_text(encoding="utf-8").replace(r["answer"], new), encoding="utf-8")
-        corpus += "\n" + new
-        edited.append({**r, "old": r["answer"], "answer": new})
+    edited = edit_facts(kb, inscope, len(inscope), seed=7)
     pricing = kb / "plans" / "pricing-and-plans.md"
     pricing.write_text(pricing.read_text(encoding="utf-8") + NEW_PLAN[0], encoding="utf-8")
     edited.append({"question": NEW_PLAN[1], "answer": NEW_PLAN[2], "old": "\0", "source": "plans/pricing-and-plans.md"})

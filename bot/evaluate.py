@@ -135,7 +135,7 @@ def _summary(rows: list[dict], markers: list[str], stale: list[dict]) -> dict:
     }
 
 
-def _edit_facts(kb: Path, questions: list[dict], count: int, seed: int) -> list[dict]:
+def edit_facts(kb: Path, questions: list[dict], count: int, seed: int) -> list[dict]:
     """Replace the gold value of up to `count` questions in their source file by a value found
     nowhere in the knowledge base; returns those questions with {"answer": new, "old": old}."""
     from bot.demo.data import redraw_digits
@@ -185,7 +185,7 @@ def run_eval(settings, questions: list[dict], adapter: str | None = None, limit:
                 done += 1
                 if on_progress:
                     on_progress(done, total + len(MODES) * stale_edits)
-        edited = _edit_facts(tmp / "kb", questions, stale_edits, seed=11)
+        edited = edit_facts(tmp / "kb", questions, stale_edits, seed=11)
         bot.kb.sync()
         stale = {m: [{"q": q, "a": _ask(bot, m, q["question"], adapter)} for q in edited] for m in MODES}
         if on_progress:

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from bot.cli import main
-from bot.evaluate import MODES, _edit_facts, contains, declined, load_questions, markdown_table, percentile, token_f1
+from bot.evaluate import MODES, edit_facts, contains, declined, load_questions, markdown_table, percentile, token_f1
 from conftest import SHIPPED_KB, write
 
 
@@ -45,7 +45,7 @@ def test_fact_edits_use_values_found_nowhere(tmp_path):
     qs = [{"question": "Plus?", "answer": "$4.99", "source": "plans/pricing-and-plans.md"},
           {"question": "x", "answer": "no digits", "source": "plans/pricing-and-plans.md"},
           {"question": "y", "answer": "$1.23", "source": "missing.md"}]
-    edited = _edit_facts(tmp_path / "kb", qs, 5, seed=1)
+    edited = edit_facts(tmp_path / "kb", qs, 5, seed=1)
     assert len(edited) == 1 and edited[0]["old"] == "$4.99"
     text = (tmp_path / "kb/plans/pricing-and-plans.md").read_text()
     assert "$4.99" not in text and edited[0]["answer"] in text
