@@ -294,10 +294,15 @@ def test_browser_chat_sources_adapter_switch_and_no_script_runs(server, page, tm
             box.press("Enter")
             _last_bot_text(pg, 3)
             assert pg.evaluate("window.__xss") is None  # shown as text, never run
-            pg.wait_for_function(  # the markup is shown as text in the user's bubble
-                "() => { const u = document.querySelectorAll('[data-testid=\"user\"]');"
-                " return u.length > 2 && u[2].innerText.includes('img src=x') && u[2].innerText.includes('hello'); }",
-                timeout=30_000)
+            try:  # the markup is text in the user's bubble (textContent: innerText is '' while off screen)
+                pg.wait_for_function(
+                    "() => { const u = document.querySelectorAll('[data-testid=\"user\"]');"
+                    " return u.length > 2 && u[2].textContent.includes('img src=x') && u[2].textContent.includes('hello'); }",
+                    timeout=30_000)
+            except Exception:
+                pg.screenshot(path=str(tmp_path / "failed.png"), full_page=True)
+                pytest.fail(f"user bubbles: {pg.locator('[data-testid=user]').all_text_contents()!r}; "
+                            f"html: {pg.locator('[data-testid=user]').last.inner_html()[:600]!r}")
             shot = tmp_path / "chat-page.png"
             pg.screenshot(path=str(shot), full_page=True)
             assert shot.stat().st_size > 10_000
