@@ -24,6 +24,11 @@ LOCAL = "local"  # the session of a handler called without a request (tests, scr
 CRASHED = "Sorry, something went wrong on our side and it has been logged. Please try again."
 
 
+def take_message(message: str) -> tuple[str, str]:
+    """Empty the box and hold its message for the answer that follows."""
+    return "", message
+
+
 def _session(request) -> str:
     return getattr(request, "session_hash", None) or LOCAL
 
@@ -160,12 +165,16 @@ class ChatPage:
                         files = gr.File(label="Upload documents", file_count="multiple", type="filepath",
                                         file_types=list(self.settings.knowledge.extensions))
                         uploaded = gr.Markdown(elem_id="upload-note")
-            chat_args = dict(fn=self.respond, inputs=[box, chat, adapter], outputs=[chat, sources],
-                             concurrency_limit=self.settings.serve.concurrency, concurrency_id="answer")
-            answering = box.submit(api_name="chat", **chat_args)
-            clicked = send.click(api_name=False, **chat_args)
-            for ev in (answering, clicked):
-                ev.then(lambda: "", outputs=box, api_name=False)
+            chat_args = dict(fn=self.respond, outputs=[chat, sources], concurrency_limit=self.settings.serve.concurrency,
+                             concurrency_id="answer")
+            # The box is emptied when a message is sent, not when its answer ends: clearing it
+            # afterwards wiped whatever the user had typed meanwhile.
+            pending = gr.State("")
+            for trigger in (box.submit, send.click):
+                trigger(take_message, inputs=box, outputs=[box, pending], api_name=False).then(
+                    inputs=[pending, chat, adapter], api_name=False, **chat_args)
+            api = gr.Button(visible=False)  # /chat for scripts: (message, history, adapter) -> streamed reply
+            api.click(inputs=[box, chat, adapter], api_name="chat", **chat_args)
             stop.click(self.stop, api_name="stop", concurrency_limit=None)
             up.click(self.rate_up, outputs=note, api_name="rate_up")
             down.click(self.rate_down, outputs=note, api_name="rate_down")
