@@ -84,9 +84,12 @@ class SupportChain:
         cs = self.settings.chain
         message = dialogue.clean_message(state["message"], cs.max_message_chars)
         adapter = self.adapters.check(state.get("adapter"))
-        history = [{"role": m["role"], "content": dialogue.content_text(m.get("content", ""))}
-                   for m in state.get("history") or [] if m.get("role") in ("user", "assistant")]
-        history = history[-2 * cs.history_turns:] if cs.history_turns else []
+        turns = [m for m in state.get("history") or [] if isinstance(m, dict) and m.get("role") in ("user", "assistant")]
+        turns = turns[-2 * cs.history_turns:] if cs.history_turns else []
+        # earlier turns come from the client too: cleaned and capped like the message, so a
+        # forged 1 MB history costs no more than a long question
+        history = [{"role": m["role"], "content": dialogue.visible(dialogue.content_text(m.get("content", "")))
+                    [:cs.max_message_chars]} for m in turns]
         kind = dialogue.classify(message)
         question = dialogue.standalone_question(message, history, cs.history_turns) if kind == dialogue.INQUIRY else message
         return {**state, "message": message, "adapter": adapter, "history": history, "kind": kind,

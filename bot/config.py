@@ -104,6 +104,7 @@ class ServeSettings:
     feedback_file: Path = _f(Path(""), "JSONL that thumbs up/down append to (empty: <data-dir>/feedback.jsonl)")
     max_upload_mb: float = _f(5.0, "largest document the page accepts for upload")
     concurrency: int = _f(4, "answers generated at the same time; more requests wait in the queue")
+    queue_size: int = _f(100, "requests that may wait; beyond it a request is told the server is busy (0: no limit)")
 
 
 @dataclass

@@ -39,11 +39,16 @@ _FOLLOW_UP = re.compile(
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
 
 
+def visible(text: str) -> str:
+    """NFC text without control and bidi-override characters."""
+    return _CONTROL.sub("", unicodedata.normalize("NFC", text)).strip()
+
+
 def clean_message(message: str, limit: int) -> str:
     """Visible text only (control and bidi-override characters removed), within `limit` characters."""
     if not isinstance(message, str):
         raise RequestError("the message must be text")
-    text = _CONTROL.sub("", unicodedata.normalize("NFC", message)).strip()
+    text = visible(message)
     if not text:
         raise RequestError("the message is empty", "type a question")
     if len(text) > limit:

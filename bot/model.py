@@ -47,8 +47,35 @@ class LoadedModel:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
+def defuse_special(tokenizer, text: str) -> str:
+    """`text` with the tokenizer's special-token strings broken by a word joiner (U+2060).
+
+    The rendered prompt is tokenized as one string, so a document or a message holding "</s>" or
+    "<|assistant|>" would otherwise reach the model as a real end-of-text or role marker: a forged
+    turn. Only the template itself may produce those tokens.
+    """
+    specials = getattr(tokenizer, "_supportbot_specials", None)
+    if specials is None:
+        added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+        found = {t.content for t in added.values() if getattr(t, "special", False)}
+        found |= set(getattr(tokenizer, "all_special_tokens", []) or [])
+        specials = sorted((t for t in found if len(t) > 1), key=len, reverse=True)
+        try:
+            tokenizer._supportbot_specials = specials
+        except AttributeError:  # a tokenizer that refuses attributes: recompute each time
+            pass
+    for token in specials:
+        if token in text:
+            text = text.replace(token, token[0] + "⁠" + token[1:])
+    return text
+
+
 def render_chat(tokenizer, messages: list[dict], add_generation_prompt: bool = True) -> str:
-    """The tokenizer's chat template when it has one; otherwise a plain, documented fallback."""
+    """The tokenizer's chat template when it has one; otherwise a plain, documented fallback.
+
+    Message contents are data: special-token strings inside them are defused first."""
+    messages = [{**m, "content": defuse_special(tokenizer, m["content"])} if isinstance(m.get("content"), str) else m
+                for m in messages]
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
     eos = tokenizer.eos_token or ""

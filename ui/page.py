@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import threading
+from collections import OrderedDict
 from pathlib import Path
 
 import gradio as gr
@@ -29,6 +30,22 @@ def take_message(message: str) -> tuple[str, str]:
     return "", message
 
 
+class _Recent(OrderedDict):
+    """Per-session state for the `size` most recently active sessions: a public page sees endless
+    sessions and must not keep one entry for each forever."""
+
+    def __init__(self, size: int = 10_000):
+        super().__init__()
+        self.size, self._lock = size, threading.Lock()
+
+    def __setitem__(self, key, value) -> None:
+        with self._lock:
+            super().__setitem__(key, value)
+            self.move_to_end(key)
+            while len(self) > self.size:
+                self.popitem(last=False)
+
+
 def _session(request) -> str:
     return getattr(request, "session_hash", None) or LOCAL
 
@@ -38,8 +55,8 @@ class ChatPage:
         self.bot = bot
         self.settings = bot.settings
         self.feedback = feedback or FeedbackLog(bot.settings.feedback_path)
-        self._stops: dict[str, threading.Event] = {}
-        self._last: dict[str, dict] = {}
+        self._stops: dict[str, threading.Event] = _Recent()
+        self._last: dict[str, dict] = _Recent()
         self._upload_lock = threading.Lock()
 
     # --- handlers -------------------------------------------------------------------------
@@ -193,7 +210,7 @@ class ChatPage:
             log.warning("serving on %s without a login: anyone who reaches this address can use the bot and "
                         "upload documents (set SUPPORTBOT_SERVE_USER and SUPPORTBOT_SERVE_PASSWORD)", host)
         app = self.create_app()
-        app.queue(default_concurrency_limit=serve.concurrency)
+        app.queue(default_concurrency_limit=serve.concurrency, max_size=serve.queue_size or None)
         app.launch(server_name=host, server_port=port, auth=auth, prevent_thread_lock=not block, show_error=False,
                    quiet=True, inbrowser=False, share=False)
         return app
