@@ -30,6 +30,7 @@ NONE = "none"
 BASE = "__base__"  # peft's name for "no adapter" in adapter_names
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"}
 WEIGHTS = "adapter_model.safetensors"
+SAFE_INIT = (True, False, "gaussian")  # values of init_lora_weights that leave the base weights alone
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 CONFIG = "adapter_config.json"
 
@@ -192,6 +193,10 @@ class AdapterRegistry:
             a.reason = (f"holds pickle files ({', '.join(pickles)}), which can run code when loaded; "
                         f"only {WEIGHTS} is accepted: re-save with safe_serialization=True")
             return a
+        outside = sorted(p.name for p in folder.iterdir() if p.is_symlink() and folder.resolve() not in p.resolve().parents)
+        if outside:
+            a.reason = f"{', '.join(outside)} point{'s' if len(outside) == 1 else ''} outside the adapter folder"
+            return a
         if not (folder / CONFIG).is_file() or not (folder / WEIGHTS).is_file():
             a.status, a.reason = "skipped", f"not a PEFT adapter: needs {CONFIG} and {WEIGHTS}"
             return a
@@ -207,6 +212,15 @@ class AdapterRegistry:
         a.base = str(card.get("base_model") or config.get("base_model_name_or_path") or "")
         if config.get("peft_type", "LORA") != "LORA":
             a.reason = f"peft_type {config.get('peft_type')} is not supported (LoRA only)"
+            return a
+        if config.get("init_lora_weights", True) not in SAFE_INIT:
+            # PiSSA, OLoRA, LoftQ, EVA...: peft derives the adapter from the base weights and
+            # rewrites those weights in place when it loads: every voice, `none` too, would change
+            a.reason = (f"init_lora_weights {config['init_lora_weights']!r} rewrites the shared base model's weights "
+                        f"when loaded; use a plain LoRA (init_lora_weights true)")
+            return a
+        if config.get("megatron_config"):  # makes peft import the module named in megatron_core
+            a.reason = "megatron_config is not supported (it makes peft import a module named in the config)"
             return a
         if any(k in config and config[k] for k in ("modules_to_save", "trainable_token_indices")):
             a.reason = "adapters that replace whole modules (modules_to_save) are not supported"

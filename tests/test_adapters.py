@@ -152,3 +152,40 @@ def test_rescan_picks_up_new_replaced_and_removed_adapters(tiny_base, voices_dir
     reg.scan()
     assert reg.names() == ["none", "sunny"]
     assert reply(reg, "none") == solo["none"]
+
+
+def _hostile_config(key, value):
+    def make(folder, tmp_path):
+        config = json.loads((folder / "adapter_config.json").read_text())
+        config[key] = value
+        (folder / "adapter_config.json").write_text(json.dumps(config))
+    return make
+
+
+def _weights_outside(folder, tmp_path):
+    outside = tmp_path / "elsewhere.safetensors"
+    shutil.move(folder / "adapter_model.safetensors", outside)
+    (folder / "adapter_model.safetensors").symlink_to(outside)
+
+
+@pytest.mark.parametrize("make, reason", [
+    (_hostile_config("init_lora_weights", "pissa"), "rewrites the shared base model's weights"),
+    (_hostile_config("init_lora_weights", "olora"), "rewrites the shared base model's weights"),
+    (_hostile_config("init_lora_weights", "loftq"), "rewrites the shared base model's weights"),
+    (_hostile_config("megatron_config", {"x": 1}), "import a module"),
+    (_weights_outside, "adapter_model.safetensors points outside the adapter folder"),
+], ids=["pissa", "olora", "loftq", "megatron", "symlink-out"])
+def test_hostile_adapter_configs_are_refused_and_the_base_is_untouched(tiny_base, voices_dir, tmp_path, solo, make, reason):
+    """peft derives PiSSA/OLoRA adapters from the base weights and rewrites them in place on load (21
+    of 30 tensors of the demo model, measured): one hostile folder would change every voice."""
+    import torch
+
+    root = _copy(voices_dir, tmp_path, "sunny")
+    shutil.copytree(voices_dir / "formal", root / "hostile")
+    make(root / "hostile", tmp_path)
+    reg = registry(tiny_base, root)
+    assert reg.adapters["hostile"].status == "refused" and reason in reg.adapters["hostile"].reason
+    fresh = load_tiny(tiny_base).model.state_dict()
+    base = {k.replace(".base_layer", ""): v for k, v in reg.loaded.model.state_dict().items() if "lora_" not in k}
+    assert all(torch.equal(fresh[k], base[k]) for k in fresh)
+    assert reply(reg, "none") == solo["none"] and reply(reg, "sunny") == solo["sunny"]
