@@ -133,6 +133,11 @@ def _scan_file(scan: FolderScan, root: Path, path: Path, rel: str, max_bytes: in
     scan.entries[rel] = FileEntry(rel, path, hashlib.sha256(data).hexdigest(), data)
 
 
+# Terminal escapes, other C0/C1 controls and bidi overrides: invisible on the page, but they
+# reach `supportbot search` output in a terminal, and reorder text a person reviews.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
 def read_source(entry: FileEntry) -> Source | Skipped:
     """Parse one file. Returns `Skipped` with a reason the user can act on."""
     suffix = entry.path.suffix.lower()
@@ -147,6 +152,7 @@ def read_source(entry: FileEntry) -> Source | Skipped:
     except UnicodeDecodeError as err:
         log.warning("%s: invalid UTF-8 at byte %d; undecodable bytes replaced", entry.rel, err.start)
         text = entry.data.decode("utf-8", errors="replace")
+    text = _CONTROL.sub("", text)
     if suffix in {".html", ".htm"}:
         return _from_html(entry.rel, text)
     return Source(entry.rel, _markdown_title(text) or _title_from_name(entry.rel), text=text)
@@ -197,7 +203,7 @@ def _read_pdf(entry: FileEntry) -> Source | Skipped:
         reader = PdfReader(io.BytesIO(entry.data))
         if reader.is_encrypted:
             return Skipped(entry.rel, "encrypted PDF")
-        pages = tuple(" ".join((p.extract_text() or "").split()) for p in reader.pages)
+        pages = tuple(" ".join(_CONTROL.sub("", p.extract_text() or "").split()) for p in reader.pages)
         title = (reader.metadata.title if reader.metadata else None) or _title_from_name(entry.rel)
     except (PyPdfError, ValueError, KeyError, TypeError, OSError) as err:
         return Skipped(entry.rel, f"corrupt or unreadable PDF ({type(err).__name__}: {err})")

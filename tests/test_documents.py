@@ -67,6 +67,15 @@ def test_invalid_utf8_is_read_with_replacement(tmp_path, caplog):
     assert "invalid UTF-8" in caplog.text
 
 
+@pytest.mark.parametrize("name", ["esc.md", "esc.txt", "esc.html"])
+def test_terminal_escapes_and_bidi_overrides_are_removed(tmp_path, name):
+    body = "Plus costs \x1b[31m$4.99\x1b[0m\x07 a month.\u202e gnissim\x9b\tTabs and\nlines stay."
+    result = scan_one(tmp_path, name, (f"<p>{body}</p>" if name.endswith("html") else body).encode())
+    assert isinstance(result, Source)
+    assert not any(c in result.text for c in "\x1b\x07\u202e\x9b")
+    assert "Plus costs [31m$4.99[0m a month." in result.text and "Tabs and" in result.text
+
+
 def test_symlink_outside_the_folder_is_refused(tmp_path):
     secret = tmp_path / "secret.txt"
     secret.write_text("password=hunter2")
