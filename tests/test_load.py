@@ -100,7 +100,12 @@ def _percentile(values, q):
 
 def test_twenty_sessions_each_get_their_own_adapters_answer(served):
     page, url = served
-    solo = {(q, a): page.bot.chain.ask(q, adapter=a).text for q in QUESTIONS for a in ADAPTERS}
+    solo, solo_s = {}, []
+    for q in QUESTIONS:
+        for a in ADAPTERS:
+            t = time.perf_counter()
+            solo[q, a] = page.bot.chain.ask(q, adapter=a).text
+            solo_s.append(time.perf_counter() - t)
     start = time.monotonic()
     threads, records, errors = _chat_until(url, start + 25, SESSIONS)
     time.sleep(5)  # all sessions are busy: a newcomer must still get the page and its config
@@ -117,7 +122,8 @@ def test_twenty_sessions_each_get_their_own_adapters_answer(served):
     wrong = [r for r in records if r["text"] != solo[r["question"], r["adapter"]]]
     assert not wrong, [(r["adapter"], r["question"], r["text"][:80]) for r in wrong[:3]]
     latency = [r["seconds"] for r in records]
-    print(f"\nLOAD: {SESSIONS} sessions, {len(records)} answers in {records[-1]['at'] - start:.1f} s, 0 errors, "
+    print(f"\nLOAD: one at a time (in-process) p50 {statistics.median(solo_s):.2f} s; "
+          f"{SESSIONS} sessions, {len(records)} answers in {records[-1]['at'] - start:.1f} s, 0 errors, "
           f"0 in another session's voice; latency p50 {statistics.median(latency):.2f} s, "
           f"p95 {_percentile(latency, 0.95):.2f} s, max {max(latency):.2f} s; "
           f"a new session got the page and its config in {newcomer:.2f} s")

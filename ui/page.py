@@ -182,7 +182,7 @@ class ChatPage:
                         files = gr.File(label="Upload documents", file_count="multiple", type="filepath",
                                         file_types=list(self.settings.knowledge.extensions))
                         uploaded = gr.Markdown(elem_id="upload-note")
-            chat_args = dict(fn=self.respond, outputs=[chat, sources], concurrency_limit=self.settings.serve.concurrency,
+            chat_args = dict(fn=self.respond, outputs=[chat, sources], concurrency_limit=self.settings.serve.answer_slots(),
                              concurrency_id="answer")
             # The box is emptied when a message is sent, not when its answer ends: clearing it
             # afterwards wiped whatever the user had typed meanwhile.
@@ -210,7 +210,7 @@ class ChatPage:
             log.warning("serving on %s without a login: anyone who reaches this address can use the bot and "
                         "upload documents (set SUPPORTBOT_SERVE_USER and SUPPORTBOT_SERVE_PASSWORD)", host)
         app = self.create_app()
-        app.queue(default_concurrency_limit=serve.concurrency, max_size=serve.queue_size or None)
+        app.queue(default_concurrency_limit=max(2, serve.answer_slots()), max_size=serve.queue_size or None)
         app.launch(server_name=host, server_port=port, auth=auth, prevent_thread_lock=not block, show_error=False,
                    quiet=True, inbrowser=False, share=False)
         return app
