@@ -1,6 +1,6 @@
 """The chat page: formatting as plain functions, handlers without a server, then the real Gradio
 server on 127.0.0.1 through gradio_client (streaming, adapter per session, sync, upload,
-feedback, login). The browser test is in test_browser.py."""
+feedback, login), and a real browser (Debian chromium)."""
 
 import html
 import json
