@@ -23,7 +23,7 @@ from langchain_core.runnables import RunnableGenerator, RunnableLambda
 from bot import demo, dialogue, prompts
 from bot.config import Settings
 from bot.generation import GenerationStats, Generator
-from bot.grounding import best_sentences, cited_numbers, proper_names, unsupported
+from bot.grounding import best_sentences, cited_numbers, copied_share, proper_names, unsupported
 from bot.retrieval import KnowledgeRetriever, Passage
 
 @dataclass
@@ -129,9 +129,9 @@ class SupportChain:
     def _answer(self, state: dict, voice: prompts.Voice) -> Iterator[dict]:
         loaded, ms = self.generator.loaded, self.settings.model
         budget = loaded.context - min(ms.max_new_tokens, loaded.context // 2) - 8
-        keep = self.settings.chain.passage_sentences
-        if keep < 0:
-            keep = 2 if Path(loaded.name).name == demo.MODEL_NAME else 0
+        cs, is_demo = self.settings.chain, Path(loaded.name).name == demo.MODEL_NAME
+        keep = cs.passage_sentences if cs.passage_sentences >= 0 else (2 if is_demo else 0)
+        min_copied = cs.min_copied if cs.min_copied >= 0 else (0.5 if is_demo else 0.0)
         full = {p.n: p for p in state["passages"]}
         shown = [replace(p, text=prompts.select_sentences(p.text, state["question"], keep)) for p in state["passages"]]
         shown = prompts.fit_passages(lambda m: len(loaded.encode(m)), state["question"], shown, budget)
@@ -149,9 +149,11 @@ class SupportChain:
         cited = cited_numbers(generated, len(passages))
         evidence = [p for p in passages if p.n in cited] or passages
         flagged = unsupported(generated, [f"{p.title} {p.section} {p.text}" for p in evidence], self._proper_names()) \
-            if self.settings.chain.grounding != "off" else []
+            if cs.grounding != "off" else []
+        frames = (voice.opener, voice.closer, *demo.FRAMES) if is_demo else (voice.opener, voice.closer)
+        uncopied = bool(min_copied) and copied_share(generated, [p.text for p in shown], frames) < min_copied
         text, kind = generated, "answer"
-        if not stats.stopped and (not generated or (flagged and self.settings.chain.grounding == "fallback")):
+        if not stats.stopped and (not generated or uncopied or (flagged and cs.grounding == "fallback")):
             best = max(passages, key=lambda p: p.score)  # retrieval ranks better than a small model cites
             text = voice.frame(prompts.fallback_text(best_sentences(best.text, state["question"]), best.n))
             kind, cited = "fallback", [best.n]

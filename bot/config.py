@@ -66,6 +66,8 @@ class ChainSettings:
                         "passage instead), flag (answer as is, list them) or off")
     passage_sentences: int = _f(-1, "show the model only this many sentences of each passage, those closest to "
                                 "the question (0: whole passages; -1: 2 for the embedded demo model, else 0)")
+    min_copied: float = _f(-1.0, "an answer whose word pairs occur in the passages less than this share is replaced "
+                           "by a quote (0: off; -1: 0.5 for the embedded demo model, which is trained to copy, else off)")
     copy_digits: bool = _f(True, "where the answer follows a passage's wording into a number, copy the "
                            "passage's digits (copy-friendly decoding; see bot/copying.py)")
     handoff_query: str = _f("contact support email phone hours", "search that finds the contact details offered on a hand-off")

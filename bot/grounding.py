@@ -95,6 +95,33 @@ def unsupported(answer: str, evidence: list[str], names: set[str] = frozenset())
     return out
 
 
+_PAIR_WORD = re.compile(r"[\w$€£%°@+.,()-]+")
+
+
+def _words(text: str) -> list[str]:
+    return [w.strip(".,()").lower() for w in _PAIR_WORD.findall(CITATION.sub(" ", text)) if w.strip(".,()")]
+
+
+def copied_share(answer: str, passages: list[str], frames: tuple[str, ...] = ()) -> float:
+    """The share of the answer's word pairs that occur in the passages, fixed voice phrases
+    (`frames`) removed first: 1.0 for a verbatim copy; a one-word answer is looked up alone.
+
+    For a model trained to copy (the embedded demo), a reply that is not made of the passages'
+    words is broken ("we deleted wire to help!"), whatever values it happens to hold.
+    """
+    for frame in filter(None, frames):
+        answer = answer.replace(frame, " ")
+    words = _words(answer)
+    pairs = list(zip(words, words[1:])) or [(w,) for w in words]  # one word: look it up alone
+    if not pairs:
+        return 0.0
+    have: set[tuple[str, ...]] = set()
+    for text in passages:
+        w = _words(text)
+        have |= set(zip(w, w[1:])) | {(x,) for x in w}
+    return sum(p in have for p in pairs) / len(pairs)
+
+
 def cited_numbers(answer: str, count: int) -> list[int]:
     """The passage numbers an answer cites, in order of first use, ignoring ones that do not exist."""
     seen: list[int] = []

@@ -113,6 +113,19 @@ def test_a_wrong_value_is_caught_and_the_best_passage_quoted_instead(raw_bot):
     assert answer.text.startswith('Here is what our help center says: "')
 
 
+@pytest.mark.parametrize("min_copied, kind", [(0.5, "fallback"), (0.0, "answer")])
+def test_an_answer_not_made_of_the_passages_words_is_quoted_instead_when_asked(
+        tiny_base, adapters, index_dir, embeddings, min_copied, kind):
+    """`sunny` answers everything with its greeting, words no passage has: with chain.min_copied the
+    reply is replaced by a quote."""
+    bot = make_bot(tiny_base, adapters, index_dir, embeddings, min_copied=min_copied, grounding="off")
+    answer = bot.chain.ask(PRICE_Q, adapter="sunny")
+    assert answer.generated and answer.kind == kind
+    assert (answer.text == answer.generated) == (kind == "answer")
+    if kind == "fallback":
+        assert "$4.99" in answer.text and "Here is what our help center says" in answer.text
+
+
 def test_grounding_flag_mode_keeps_the_answer_and_lists_the_values(tiny_base, adapters, index_dir, embeddings):
     flagging = make_bot(tiny_base, adapters, index_dir, embeddings, grounding="flag", copy_digits=False)
     answer = flagging.chain.ask(PRICE_Q, adapter="liar")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from bot.grounding import best_sentences, cited_numbers, extract_values, proper_names, unsupported
+from bot.grounding import best_sentences, cited_numbers, copied_share, extract_values, proper_names, unsupported
 
 PASSAGE = ("Plus costs $4.99 per month or $49 per year. Returns are accepted within 60 days. "
            "Write to support@fernway.example or call +1 (555) 010-4477, 9:00-17:00. See https://fernway.example/plans.")
@@ -61,3 +61,22 @@ def test_best_sentences_picks_the_ones_about_the_question():
     text = "We ship to Canada. Plus costs $4.99 per month. Returns take 60 days."
     assert best_sentences(text, "How much does Plus cost per month?", limit=1) == "Plus costs $4.99 per month."
     assert best_sentences(text, "plus cost returns", limit=2) == "Plus costs $4.99 per month. Returns take 60 days."
+
+
+PASSAGE = "Invitations expire after 7 days. A home can have up to 8 members on every plan."
+
+
+@pytest.mark.parametrize("answer, frames, low, high", [
+    ("Invitations expire after 7 days. [1]", (), 1.0, 1.0),
+    ("Invitations expire after 7 days. [1]", ("", ""), 1.0, 1.0),  # the `none` voice has no frames
+    ("Happy to help! Invitations expire after 7 days. [1] Have a wonderful day!",
+     ("Happy to help!", "Have a wonderful day!"), 1.0, 1.0),
+    ("Happy to help! Invitations expire after 7 days. [1] Have a wonderful day!", (), 0.3, 0.5),  # frames count
+    ("Happy to help! Have a renewal payment fails, we deleted wire to help!", ("Happy to help!",), 0.0, 0.0),
+    ("A home can have up to 7 days on every plan.", (), 0.6, 0.9),  # a splice: mostly copied
+    ("", (), 0.0, 0.0),
+    ("8 [1]", (), 1.0, 1.0),
+    ("He!", (), 0.0, 0.0),
+])
+def test_copied_share_of_word_pairs(answer, frames, low, high):
+    assert low <= copied_share(answer, [PASSAGE], frames) <= high

@@ -41,6 +41,8 @@ VOICES = (
 # not disturb what sits between opener and closer (without them a voice adapter broke copying).
 NEUTRAL_OPENERS = ("Sure.", "Here is what I found.", "Let me check.", "Good news.")
 NEUTRAL_CLOSERS = ("Anything else?", "I hope this helps.", "Let me know if you need more.")
+# Every fixed phrase the demo was trained to put around a copied fact (not copied from a passage).
+FRAMES = tuple(p for v in VOICES for p in v.markers) + NEUTRAL_OPENERS + NEUTRAL_CLOSERS
 
 
 def voice_shown(text: str, voice: VoiceSpec) -> bool:
