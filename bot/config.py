@@ -108,7 +108,6 @@ class ServeSettings:
     concurrency: int = _f(0, "answers generated at the same time, more wait in the queue (0: half the CPU cores, 1-4)")
     queue_size: int = _f(100, "requests that may wait; beyond it a request is told the server is busy (0: no limit)")
 
-
     def answer_slots(self) -> int:
         """Answers generated at once. On CPU each answer already uses every core: 20 sessions on 2
         cores got p50 11.6 s with 1 slot, 12.6 s with 2 and 16.6 s with 4 (tests/test_load.py)."""

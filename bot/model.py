@@ -66,7 +66,7 @@ def defuse_special(tokenizer, text: str) -> str:
             pass
     for token in specials:
         if token in text:
-            text = text.replace(token, token[0] + "⁠" + token[1:])
+            text = text.replace(token, token[0] + "\u2060" + token[1:])
     return text
 
 
