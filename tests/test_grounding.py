@@ -63,7 +63,7 @@ def test_best_sentences_picks_the_ones_about_the_question():
     assert best_sentences(text, "plus cost returns", limit=2) == "Plus costs $4.99 per month. Returns take 60 days."
 
 
-PASSAGE = "Invitations expire after 7 days. A home can have up to 8 members on every plan."
+COPY_PASSAGE = "Invitations expire after 7 days. A home can have up to 8 members on every plan."
 
 
 @pytest.mark.parametrize("answer, frames, low, high", [
@@ -79,4 +79,4 @@ PASSAGE = "Invitations expire after 7 days. A home can have up to 8 members on e
     ("He!", (), 0.0, 0.0),
 ])
 def test_copied_share_of_word_pairs(answer, frames, low, high):
-    assert low <= copied_share(answer, [PASSAGE], frames) <= high
+    assert low <= copied_share(answer, [COPY_PASSAGE], frames) <= high
