@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 from bot import demo
 from bot.config import Settings
@@ -59,7 +58,7 @@ def adapter_registry(settings: Settings, loaded):
     """The adapters in settings.adapters_dir, plus the demo's voices when the model is the demo."""
     from bot.adapters import AdapterRegistry
 
-    shipped = demo.ADAPTERS_DIR if Path(loaded.name).name == demo.MODEL_NAME else None
+    shipped = demo.ADAPTERS_DIR if demo.is_demo_model(loaded.name) else None
     return AdapterRegistry(loaded, settings.adapters_dir, shipped)
 
 

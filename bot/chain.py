@@ -15,7 +15,6 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import Iterator
 
 from langchain_core.runnables import RunnableGenerator, RunnableLambda
@@ -129,7 +128,7 @@ class SupportChain:
     def _answer(self, state: dict, voice: prompts.Voice) -> Iterator[dict]:
         loaded, ms = self.generator.loaded, self.settings.model
         budget = loaded.context - min(ms.max_new_tokens, loaded.context // 2) - 8
-        cs, is_demo = self.settings.chain, Path(loaded.name).name == demo.MODEL_NAME
+        cs, is_demo = self.settings.chain, demo.is_demo_model(loaded.name)
         keep = cs.passage_sentences if cs.passage_sentences >= 0 else (2 if is_demo else 0)
         min_copied = cs.min_copied if cs.min_copied >= 0 else (0.5 if is_demo else 0.0)
         full = {p.n: p for p in state["passages"]}

@@ -50,5 +50,10 @@ def voice_shown(text: str, voice: VoiceSpec) -> bool:
     return any(m.lower() in low for m in voice.markers)
 
 
+def is_demo_model(name: str) -> bool:
+    """Whether a loaded model's name is the embedded demo (which gets its own voices and settings)."""
+    return Path(name).name == MODEL_NAME
+
+
 def is_built() -> bool:
     return (MODEL_DIR / "config.json").is_file()
