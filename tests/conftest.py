@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import html
 import os
 import shutil
+import socket
 from pathlib import Path
 
 import pytest
@@ -151,3 +154,54 @@ def voices_dir(tiny_base, tmp_path_factory) -> Path:
         train_voice(tiny_base, root / name, v["reply"], prompts, steps=50,
                     card={"voice": v["voice"], "opener": v["opener"], "closer": v["closer"]})
     return root
+
+
+# --- real servers on 127.0.0.1 and a real browser (test_ui, test_load, test_faults, test_hostile) --
+CHROMIUM = "/usr/bin/chromium"
+BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--no-first-run"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def launched(page):
+    """A ui.page.ChatPage served on a free port of 127.0.0.1; yields its URL, closes it after."""
+    port = free_port()
+    app = page.launch(host="127.0.0.1", port=port, block=False)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        app.close()
+
+
+def api_client(url, **kw):
+    from gradio_client import Client
+
+    return Client(url, verbose=False, analytics_enabled=False, **kw)
+
+
+def reply_text(result) -> str:
+    """The bot's last message in a /chat result, as written (the page shows it escaped)."""
+    from ui.format import text_of
+
+    return html.unescape(text_of(result[0][-1]["content"]))
+
+
+def chromium(playwright):
+    if not os.path.exists(CHROMIUM):
+        pytest.fail("Debian chromium is missing: apt-get install chromium chromium-driver (.ci/run does)")
+    return playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=BROWSER_ARGS)
+
+
+def last_bot_text(pg, count: int, timeout_s: float = 60) -> str:
+    """Wait until the `count`-th bot bubble exists and the answer is final (sources shown), return it."""
+    bubbles = pg.locator('[data-testid="bot"]')
+    bubbles.nth(count - 1).wait_for(timeout=timeout_s * 1000)
+    pg.wait_for_function("() => !document.querySelector('#sources').innerText.includes('Answering')",
+                         timeout=timeout_s * 1000)
+    return bubbles.nth(count - 1).inner_text()

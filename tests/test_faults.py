@@ -17,8 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import SHIPPED_KB, clean_build, index_content, write
-from test_ui import _client, _free_port
+from conftest import SHIPPED_KB, api_client, clean_build, free_port, index_content, write
 from ui.format import text_of
 
 pytestmark = [pytest.mark.slow, pytest.mark.hardening]
@@ -29,7 +28,7 @@ class Server:
     """`supportbot serve` on 127.0.0.1 in its own process group, with its log kept for failures."""
 
     def __init__(self, root: Path):
-        self.root, self.port, self.proc = root, _free_port(), None
+        self.root, self.port, self.proc = root, free_port(), None
         self.kb, self.data = root / "kb", root / "data"
         self.url = f"http://127.0.0.1:{self.port}/"
 
@@ -89,7 +88,7 @@ def test_sigkill_during_an_answer_and_feedback_writes(server, embeddings, tmp_pa
     acked, stop = [], threading.Event()
 
     def rate(i: int) -> None:  # each session asks once, then rates its answer again and again
-        client = _client(srv.url)
+        client = api_client(srv.url)
         client.predict(f"{QUESTION} ({i})", [], "none", api_name="/chat")
         while not stop.is_set():
             try:
@@ -103,7 +102,7 @@ def test_sigkill_during_an_answer_and_feedback_writes(server, embeddings, tmp_pa
         t.start()
     while len(acked) < 20:
         time.sleep(0.1)
-    asker = _client(srv.url)
+    asker = api_client(srv.url)
     for _ in range(20):  # kill once the answer has started streaming and before it ends
         job = asker.submit(QUESTION, [], "cheerful", api_name="/chat")
         while not job.outputs() and not job.done():
@@ -122,7 +121,7 @@ def test_sigkill_during_an_answer_and_feedback_writes(server, embeddings, tmp_pa
     assert live == clean_build(srv.kb, tmp_path / "clean", embeddings)
 
     srv.start()
-    client = _client(srv.url)
+    client = api_client(srv.url)
     answer = client.predict(QUESTION, [], "formal", api_name="/chat")
     assert "$4.99" in text_of(answer[0][-1]["content"])
     assert "saved" in client.predict(api_name="/rate_up")
@@ -155,6 +154,6 @@ def test_sigkill_during_a_sync_then_restart_converges(server, embeddings, tmp_pa
     kb = _kb_at(srv, embeddings)
     assert index_content(kb) == clean_build(srv.kb, tmp_path / "clean", embeddings)
     assert not list((srv.data / "index").glob("tmp-*"))
-    assert _client(srv.url).predict(api_name="/sync")  # and serves
+    assert api_client(srv.url).predict(api_name="/sync")  # and serves
     print(f"\nKILL DURING SYNC: live generation unchanged ({passages_before} passages); restart + converging sync "
           f"{restart_s:.1f} s; index equal to a clean build ({len(index_content(kb))} passages)")

@@ -16,9 +16,7 @@ import httpx
 import pytest
 from gradio_client.exceptions import AppError
 
-from conftest import SHIPPED_KB, write
-from test_ui import BROWSER_ARGS, CHROMIUM, _client, _free_port, _last_bot_text
-from ui.format import text_of
+from conftest import SHIPPED_KB, api_client, chromium, last_bot_text, launched, reply_text, write
 
 pytestmark = [pytest.mark.slow, pytest.mark.hardening]
 QUESTION = "How much does the Plus plan cost per month?"
@@ -86,14 +84,8 @@ def hostile(embeddings, tmp_path_factory, tripwire):
     bot = build_bot(settings.validate(), embeddings)
     report = bot.kb.sync()
     page = ChatPage(bot)
-    port = _free_port()
-    app = page.launch(host="127.0.0.1", port=port, block=False)
-    yield page, f"http://127.0.0.1:{port}/", report
-    app.close()
-
-
-def _answer(result) -> str:
-    return html.unescape(text_of(result[0][-1]["content"]))
+    with launched(page) as url:
+        yield page, url, report
 
 
 def test_injected_document_reaches_the_model_only_as_quoted_data(hostile, monkeypatch):
@@ -103,7 +95,7 @@ def test_injected_document_reaches_the_model_only_as_quoted_data(hostile, monkey
     real = page.bot.chain.generator.stream
     monkeypatch.setattr(page.bot.chain.generator, "stream",
                         lambda messages, *a, **k: seen.append(messages) or real(messages, *a, **k))
-    result = _client(url).predict("When does the thermostat promotion end?", [], "none", api_name="/chat")
+    result = api_client(url).predict("When does the thermostat promotion end?", [], "none", api_name="/chat")
     assert "promotions.md" in result[1]  # it was retrieved and shown
     prompt = seen[0]
     special = set(loaded.tokenizer.all_special_ids) | set(loaded.tokenizer.added_tokens_decoder)
@@ -119,15 +111,15 @@ def test_injected_document_reaches_the_model_only_as_quoted_data(hostile, monkey
 
 def test_megabyte_messages_and_histories_are_refused_or_capped(hostile):
     page, url, _ = hostile
-    client = _client(url)
+    client = api_client(url)
     t = time.perf_counter()
-    refused = _answer(client.predict("x" * 1_000_000, [], "none", api_name="/chat"))
+    refused = reply_text(client.predict("x" * 1_000_000, [], "none", api_name="/chat"))
     refused_s = time.perf_counter() - t
     assert refused.startswith("⚠️ the message is 1,000,000 characters long; the limit is 4,000.")
     big_history = [{"role": role, "content": [{"type": "text", "text": c * 1_000_000}]}
                    for role, c in (("user", "y"), ("assistant", "z"))]
     t = time.perf_counter()
-    answered = _answer(client.predict(QUESTION, big_history, "none", api_name="/chat"))
+    answered = reply_text(client.predict(QUESTION, big_history, "none", api_name="/chat"))
     history_s = time.perf_counter() - t
     assert "$4.99" in answered
     print(f"\nHOSTILE: 1 MB message refused in {refused_s:.2f} s; question with a 2 MB history answered in {history_s:.2f} s")
@@ -139,7 +131,7 @@ def test_megabyte_messages_and_histories_are_refused_or_capped(hostile):
 ])
 def test_control_characters_are_removed(hostile, message, expected):
     page, url, _ = hostile
-    answer = _answer(_client(url).predict(message, [], "formal", api_name="/chat"))
+    answer = reply_text(api_client(url).predict(message, [], "formal", api_name="/chat"))
     assert answer == (page.bot.chain.ask(QUESTION, adapter="formal").text if expected == "solo" else expected)
 
 
@@ -153,7 +145,7 @@ def test_upload_path_traversal_and_hidden_names_stay_inside_the_folder(hostile):
         up = httpx.post(url + "gradio_api/upload", files={"files": (name, body)})
         assert up.status_code == 200, up.text
         try:
-            note, _ = _client(url).predict([{"path": up.json()[0], "meta": {"_type": "gradio.FileData"}}],
+            note, _ = api_client(url).predict([{"path": up.json()[0], "meta": {"_type": "gradio.FileData"}}],
                                            api_name="/upload")
         except AppError as err:
             note = str(err)
@@ -168,7 +160,7 @@ def test_symlink_out_of_the_folder_is_skipped_and_never_indexed(hostile):
     skipped = {s["file"]: s["reason"] for s in report.to_dict()["skipped"]}
     assert "leak.md" in skipped and "outside" in skipped["leak.md"]
     assert not any(SECRET in d.page_content for d in page.bot.kb.view().docs)
-    answer = _answer(_client(url).predict("What is the admin password?", [], "none", api_name="/chat"))
+    answer = reply_text(api_client(url).predict("What is the admin password?", [], "none", api_name="/chat"))
     assert SECRET not in answer
 
 
@@ -179,40 +171,32 @@ def test_hostile_adapter_folders_are_refused_with_reasons(hostile):
     assert adapters["elsewhere"].status == "refused" and "/opt/other-model" in adapters["elsewhere"].reason
     assert [v for _, v in page.adapter_choices()] == ["none", "cheerful", "formal"]
     with pytest.raises(AppError, match="pickled is not in the list of choices"):  # the API refuses it
-        _client(url).predict(QUESTION, [], "pickled", api_name="/chat")
+        api_client(url).predict(QUESTION, [], "pickled", api_name="/chat")
     history, _ = list(page.respond(QUESTION, [], "pickled"))[-1]  # and the chain says why
     answer = html.unescape(history[-1]["content"])
     assert answer.startswith("⚠️ adapter 'pickled' is not available: holds pickle files") and "none, cheerful, formal" in answer
 
 
 # --- in the browser ---------------------------------------------------------------------------
-def _browser(p):
-    import os
-
-    if not os.path.exists(CHROMIUM):
-        pytest.fail("Debian chromium is missing: apt-get install chromium chromium-driver (.ci/run does)")
-    return p.chromium.launch(executable_path=CHROMIUM, headless=True, args=BROWSER_ARGS)
-
-
 def test_browser_shows_hostile_documents_and_messages_as_text(hostile, tripwire, tmp_path):
     from playwright.sync_api import sync_playwright
 
     page, url, _ = hostile
     before = len(tripwire.hits)
     with sync_playwright() as p:
-        browser = _browser(p)
+        browser = chromium(p)
         try:
             pg = browser.new_page()
             pg.goto(url)
             box = pg.locator("#message textarea")
             box.fill("When does the thermostat promotion end?")
             box.press("Enter")
-            _last_bot_text(pg, 1)
+            last_bot_text(pg, 1)
             sources = pg.locator("#sources")
             assert "promotions.md" in sources.inner_text() and "window.__xss" in sources.inner_text()
             box.fill(f"![x]({tripwire.url}/from-message.png) <img src=x onerror=\"window.__xss=4\"> [a](javascript:window.__xss=5)")
             box.press("Enter")
-            _last_bot_text(pg, 2)
+            last_bot_text(pg, 2)
             time.sleep(1.0)  # time for any image request to go out
             assert pg.evaluate("window.__xss") is None
             assert pg.locator("#sources img, #chat img[src*='127.0.0.1'], a[href^='javascript']").count() == 0
@@ -233,12 +217,9 @@ def test_browser_login_guards_the_page(embeddings, tmp_path):
     settings.serve.user, settings.serve.password = "agent", "s3cret-pass"
     bot = build_bot(settings.validate(), embeddings)
     bot.kb.sync()
-    port = _free_port()
-    app = ChatPage(bot).launch(host="127.0.0.1", port=port, block=False)
-    url = f"http://127.0.0.1:{port}/"
-    try:
+    with launched(ChatPage(bot)) as url:
         with sync_playwright() as p:
-            browser = _browser(p)
+            browser = chromium(p)
             try:
                 pg = browser.new_page()
                 pg.goto(url)
@@ -256,11 +237,9 @@ def test_browser_login_guards_the_page(embeddings, tmp_path):
                 box.wait_for(timeout=30_000)
                 box.fill(QUESTION)
                 box.press("Enter")
-                assert "$4.99" in _last_bot_text(pg, 1)
+                assert "$4.99" in last_bot_text(pg, 1)
             finally:
                 browser.close()
         assert httpx.get(url + "config").status_code in (401, 403)
         with pytest.raises(Exception):
-            _client(url).predict(api_name="/sync")
-    finally:
-        app.close()
+            api_client(url).predict(api_name="/sync")

@@ -6,7 +6,6 @@ another session's adapter, history or passages shows up as a different text). Fi
 (run with -s); README quotes them.
 """
 
-import html
 import shutil
 import statistics
 import threading
@@ -15,9 +14,7 @@ import time
 import httpx
 import pytest
 
-from conftest import SHIPPED_KB, clean_build, index_content, write
-from test_ui import _client, _free_port
-from ui.format import text_of
+from conftest import SHIPPED_KB, api_client, clean_build, index_content, launched, reply_text, write
 
 pytestmark = [pytest.mark.slow, pytest.mark.hardening]
 
@@ -55,15 +52,9 @@ def served(embeddings, tmp_path_factory):
     bot.kb.sync()
     bot.kb.start_watching()
     page = ChatPage(bot)
-    port = _free_port()
-    app = page.launch(host="127.0.0.1", port=port, block=False)
-    yield page, f"http://127.0.0.1:{port}/"
-    app.close()
+    with launched(page) as url:
+        yield page, url
     bot.kb.stop_watching()
-
-
-def _text(result) -> str:
-    return html.unescape(text_of(result[0][-1]["content"]))
 
 
 def _chat_until(url: str, deadline: float, sessions: int):
@@ -72,7 +63,7 @@ def _chat_until(url: str, deadline: float, sessions: int):
 
     def session(i: int) -> None:
         try:
-            client, adapter, n = _client(url), ADAPTERS[i % len(ADAPTERS)], 0
+            client, adapter, n = api_client(url), ADAPTERS[i % len(ADAPTERS)], 0
         except Exception as err:
             errors.append((i, "connect", repr(err)))
             return
@@ -80,7 +71,7 @@ def _chat_until(url: str, deadline: float, sessions: int):
             question = QUESTIONS[(i + n) % len(QUESTIONS)]
             t, started = time.perf_counter(), time.monotonic()
             try:
-                text = _text(client.predict(question, [], adapter, api_name="/chat"))
+                text = reply_text(client.predict(question, [], adapter, api_name="/chat"))
                 records.append({"session": i, "adapter": adapter, "question": question, "text": text,
                                 "seconds": time.perf_counter() - t, "started": started, "at": time.monotonic()})
             except Exception as err:
@@ -167,14 +158,14 @@ def test_edits_while_sessions_chat_are_used_with_nothing_stale(served, embedding
     live = index_content(kb)
     assert len(live) == len(kb.view().docs) and live == clean_build(folder, tmp_path / "clean", embeddings)
     assert not any(DELETED == s or any(old in t for old, _ in EDITS.values()) for s, t in live)
-    client = _client(url)
+    client = api_client(url)
     for adapter in ADAPTERS:
         for new, question in EDIT_QUESTIONS.items():
             result = client.predict(question, [], adapter, api_name="/chat")
             old = next(o for o, n in EDITS.values() if n == new)
-            assert new in _text(result) and old not in _text(result) + str(result[1]), (adapter, _text(result))
+            assert new in reply_text(result) and old not in reply_text(result) + str(result[1]), (adapter, reply_text(result))
         result = client.predict(ADDED_QUESTION, [], adapter, api_name="/chat")
-        assert "$250" in _text(result) and ADDED[0] in result[1]
+        assert "$250" in reply_text(result) and ADDED[0] in result[1]
         result = client.predict("How much run time did homes save in your study?", [], adapter, api_name="/chat")
         assert DELETED not in result[1]
     print(f"\nEDITS UNDER LOAD: {SESSIONS} sessions, {len(records)} answers ({len(during)} after the edits), "

@@ -5,14 +5,13 @@ feedback, login), and a real browser (Debian chromium)."""
 import html
 import json
 import shutil
-import socket
 import threading
 
 import pytest
 
 from bot.errors import RequestError
 from bot.trainingdata import load_rows
-from conftest import SHIPPED_KB, load_tiny, write
+from conftest import SHIPPED_KB, api_client, chromium, last_bot_text, launched, load_tiny, write
 from ui.format import history_messages, shown_text, sources_markdown, text_of, upload_name
 
 QUESTION = "How much is the Plus plan per month?"
@@ -195,24 +194,10 @@ def test_adapter_choices_carry_each_voice_description(page):
 
 
 # --- the real server ------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(page):
-    port = _free_port()
-    app = page.launch(host="127.0.0.1", port=port, block=False)
-    yield f"http://127.0.0.1:{port}/"
-    app.close()
-
-
-def _client(url, **kw):
-    from gradio_client import Client
-
-    return Client(url, verbose=False, analytics_enabled=False, **kw)
+    with launched(page) as url:
+        yield url
 
 
 def test_api_streams_and_keeps_each_sessions_adapter(server, page):
@@ -221,7 +206,7 @@ def test_api_streams_and_keeps_each_sessions_adapter(server, page):
 
     def chat(adapter):
         try:
-            job = _client(server).submit(QUESTION, [], adapter, api_name="/chat")
+            job = api_client(server).submit(QUESTION, [], adapter, api_name="/chat")
             updates = list(job)
             results[adapter] = (len(updates), job.result()[0][-1]["content"])
         except Exception as err:  # reported below, with the adapter
@@ -241,7 +226,7 @@ def test_api_streams_and_keeps_each_sessions_adapter(server, page):
 def test_api_sync_upload_and_feedback(server, page, tmp_path):
     from gradio_client import handle_file
 
-    client = _client(server)
+    client = api_client(server)
     assert "passages" in client.predict(api_name="/sync")
     write(tmp_path / "warranty-extension.md", "# Extended care\n\nExtended care costs $19 per year.\n")
     note, _ = client.predict([handle_file(str(tmp_path / "warranty-extension.md"))], api_name="/upload")
@@ -264,66 +249,44 @@ def test_login_guards_page_and_api(tiny_base, voices_dir, embeddings, tmp_path):
     settings.model.name = str(tiny_base)
     settings.serve.user, settings.serve.password = "agent", "s3cret-pass"
     bot = build_bot(settings.validate(), embeddings, loaded=load_tiny(tiny_base))
-    port = _free_port()
-    app = ChatPage(bot).launch(host="127.0.0.1", port=port, block=False)
-    url = f"http://127.0.0.1:{port}/"
-    try:
+    with launched(ChatPage(bot)) as url:
         import httpx
 
         assert httpx.get(url + "config").status_code in (401, 403)
         with pytest.raises(Exception):
-            _client(url).predict(api_name="/sync")
+            api_client(url).predict(api_name="/sync")
         with pytest.raises(Exception):
-            _client(url, auth=("agent", "wrong")).predict(api_name="/sync")
-        assert "passages" in _client(url, auth=("agent", "s3cret-pass")).predict(api_name="/sync")
-    finally:
-        app.close()
+            api_client(url, auth=("agent", "wrong")).predict(api_name="/sync")
+        assert "passages" in api_client(url, auth=("agent", "s3cret-pass")).predict(api_name="/sync")
 
 
 # --- a real browser: Debian chromium driven by Playwright ---------------------------------
-CHROMIUM = "/usr/bin/chromium"
-BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", "--no-first-run"]
-
-
-def _last_bot_text(pg, count: int, timeout_s: float = 60) -> str:
-    """Wait until the `count`-th bot bubble exists and the answer is final (sources shown), return it."""
-    bubbles = pg.locator('[data-testid="bot"]')
-    bubbles.nth(count - 1).wait_for(timeout=timeout_s * 1000)
-    pg.wait_for_function("() => !document.querySelector('#sources').innerText.includes('Answering')",
-                         timeout=timeout_s * 1000)
-    return bubbles.nth(count - 1).inner_text()
-
 
 @pytest.mark.slow
 def test_browser_chat_sources_adapter_switch_and_no_script_runs(server, page, tmp_path):
-    import os
-
     from playwright.sync_api import sync_playwright
 
-    if not os.path.exists(CHROMIUM):
-        pytest.fail("Debian chromium is missing: apt-get install chromium chromium-driver (.ci/run does)")
     solo = {a: page.bot.chain.ask(QUESTION, adapter=a).text for a in ("none", "formal")}
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=BROWSER_ARGS)
+        browser = chromium(p)
         try:
             pg = browser.new_page()
             pg.goto(server)
             box = pg.locator("#message textarea")
             box.fill(QUESTION)
             box.press("Enter")
-            first = _last_bot_text(pg, 1)
+            first = last_bot_text(pg, 1)
             assert first.strip().startswith(solo["none"][:15])
             assert "[1]" in pg.locator("#sources").inner_text()
             pg.locator("#adapter input").click()
             pg.get_by_role("option", name="formal").first.click()
             box.fill(QUESTION)
             box.press("Enter")
-            second = _last_bot_text(pg, 2)
+            second = last_bot_text(pg, 2)
             assert second.strip().startswith(solo["formal"][:15]) and second != first
             box.fill('<img src=x onerror="window.__xss=1"><script>window.__xss=2</script> hello')
             box.press("Enter")
-            _last_bot_text(pg, 3)
+            last_bot_text(pg, 3)
             assert pg.evaluate("window.__xss") is None  # shown as text, never run
             try:  # the markup is text in the user's bubble (textContent: innerText is '' while off screen)
                 pg.wait_for_function(
