@@ -192,10 +192,21 @@ def reply_text(result) -> str:
     return html.unescape(text_of(result[0][-1]["content"]))
 
 
-def chromium(playwright):
+@contextlib.contextmanager
+def browser_page(url: str):
+    """A page of headless Debian chromium (driven by Playwright) opened at `url`."""
+    from playwright.sync_api import sync_playwright
+
     if not os.path.exists(CHROMIUM):
         pytest.fail("Debian chromium is missing: apt-get install chromium chromium-driver (.ci/run does)")
-    return playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=BROWSER_ARGS)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=BROWSER_ARGS)
+        try:
+            pg = browser.new_page()
+            pg.goto(url)
+            yield pg
+        finally:
+            browser.close()
 
 
 def last_bot_text(pg, count: int, timeout_s: float = 60) -> str:

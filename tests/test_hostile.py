@@ -16,7 +16,7 @@ import httpx
 import pytest
 from gradio_client.exceptions import AppError
 
-from conftest import SHIPPED_KB, api_client, chromium, last_bot_text, launched, reply_text, write
+from conftest import SHIPPED_KB, api_client, browser_page, last_bot_text, launched, reply_text, write
 
 pytestmark = [pytest.mark.slow, pytest.mark.hardening]
 QUESTION = "How much does the Plus plan cost per month?"
@@ -179,36 +179,26 @@ def test_hostile_adapter_folders_are_refused_with_reasons(hostile):
 
 # --- in the browser ---------------------------------------------------------------------------
 def test_browser_shows_hostile_documents_and_messages_as_text(hostile, tripwire, tmp_path):
-    from playwright.sync_api import sync_playwright
-
     page, url, _ = hostile
     before = len(tripwire.hits)
-    with sync_playwright() as p:
-        browser = chromium(p)
-        try:
-            pg = browser.new_page()
-            pg.goto(url)
-            box = pg.locator("#message textarea")
-            box.fill("When does the thermostat promotion end?")
-            box.press("Enter")
-            last_bot_text(pg, 1)
-            sources = pg.locator("#sources")
-            assert "promotions.md" in sources.inner_text() and "window.__xss" in sources.inner_text()
-            box.fill(f"![x]({tripwire.url}/from-message.png) <img src=x onerror=\"window.__xss=4\"> [a](javascript:window.__xss=5)")
-            box.press("Enter")
-            last_bot_text(pg, 2)
-            time.sleep(1.0)  # time for any image request to go out
-            assert pg.evaluate("window.__xss") is None
-            assert pg.locator("#sources img, #chat img[src*='127.0.0.1'], a[href^='javascript']").count() == 0
-            pg.screenshot(path=str(tmp_path / "hostile.png"), full_page=True)
-        finally:
-            browser.close()
+    with browser_page(url) as pg:
+        box = pg.locator("#message textarea")
+        box.fill("When does the thermostat promotion end?")
+        box.press("Enter")
+        last_bot_text(pg, 1)
+        sources = pg.locator("#sources")
+        assert "promotions.md" in sources.inner_text() and "window.__xss" in sources.inner_text()
+        box.fill(f"![x]({tripwire.url}/from-message.png) <img src=x onerror=\"window.__xss=4\"> [a](javascript:window.__xss=5)")
+        box.press("Enter")
+        last_bot_text(pg, 2)
+        time.sleep(1.0)  # time for any image request to go out
+        assert pg.evaluate("window.__xss") is None
+        assert pg.locator("#sources img, #chat img[src*='127.0.0.1'], a[href^='javascript']").count() == 0
+        pg.screenshot(path=str(tmp_path / "hostile.png"), full_page=True)
     assert tripwire.hits[before:] == []  # no tracking image or link was fetched
 
 
 def test_browser_login_guards_the_page(embeddings, tmp_path):
-    from playwright.sync_api import sync_playwright
-
     from bot.app import build_bot
     from bot.config import Settings
     from ui.page import ChatPage
@@ -218,28 +208,22 @@ def test_browser_login_guards_the_page(embeddings, tmp_path):
     bot = build_bot(settings.validate(), embeddings)
     bot.kb.sync()
     with launched(ChatPage(bot)) as url:
-        with sync_playwright() as p:
-            browser = chromium(p)
-            try:
-                pg = browser.new_page()
-                pg.goto(url)
-                pg.locator("input[type=password]").wait_for(timeout=30_000)
-                assert pg.locator("#message").count() == 0  # no chat before login
-                pg.locator("input").first.fill("agent")
-                pg.locator("input[type=password]").fill("wrong")
-                pg.get_by_role("button", name="Login").click()
-                pg.get_by_text("Incorrect").first.wait_for(timeout=15_000)
-                assert pg.locator("#message").count() == 0
-                pg.locator("input").first.fill("agent")
-                pg.locator("input[type=password]").fill("s3cret-pass")
-                pg.get_by_role("button", name="Login").click()
-                box = pg.locator("#message textarea")
-                box.wait_for(timeout=30_000)
-                box.fill(QUESTION)
-                box.press("Enter")
-                assert "$4.99" in last_bot_text(pg, 1)
-            finally:
-                browser.close()
+        with browser_page(url) as pg:
+            pg.locator("input[type=password]").wait_for(timeout=30_000)
+            assert pg.locator("#message").count() == 0  # no chat before login
+            pg.locator("input").first.fill("agent")
+            pg.locator("input[type=password]").fill("wrong")
+            pg.get_by_role("button", name="Login").click()
+            pg.get_by_text("Incorrect").first.wait_for(timeout=15_000)
+            assert pg.locator("#message").count() == 0
+            pg.locator("input").first.fill("agent")
+            pg.locator("input[type=password]").fill("s3cret-pass")
+            pg.get_by_role("button", name="Login").click()
+            box = pg.locator("#message textarea")
+            box.wait_for(timeout=30_000)
+            box.fill(QUESTION)
+            box.press("Enter")
+            assert "$4.99" in last_bot_text(pg, 1)
         assert httpx.get(url + "config").status_code in (401, 403)
         with pytest.raises(Exception):
             api_client(url).predict(api_name="/sync")

@@ -11,7 +11,7 @@ import pytest
 
 from bot.errors import RequestError
 from bot.trainingdata import load_rows
-from conftest import SHIPPED_KB, api_client, chromium, last_bot_text, launched, load_tiny, write
+from conftest import SHIPPED_KB, api_client, browser_page, last_bot_text, launched, load_tiny, write
 from ui.format import history_messages, shown_text, sources_markdown, text_of, upload_name
 
 QUESTION = "How much is the Plus plan per month?"
@@ -264,41 +264,33 @@ def test_login_guards_page_and_api(tiny_base, voices_dir, embeddings, tmp_path):
 
 @pytest.mark.slow
 def test_browser_chat_sources_adapter_switch_and_no_script_runs(server, page, tmp_path):
-    from playwright.sync_api import sync_playwright
-
     solo = {a: page.bot.chain.ask(QUESTION, adapter=a).text for a in ("none", "formal")}
-    with sync_playwright() as p:
-        browser = chromium(p)
-        try:
-            pg = browser.new_page()
-            pg.goto(server)
-            box = pg.locator("#message textarea")
-            box.fill(QUESTION)
-            box.press("Enter")
-            first = last_bot_text(pg, 1)
-            assert first.strip().startswith(solo["none"][:15])
-            assert "[1]" in pg.locator("#sources").inner_text()
-            pg.locator("#adapter input").click()
-            pg.get_by_role("option", name="formal").first.click()
-            box.fill(QUESTION)
-            box.press("Enter")
-            second = last_bot_text(pg, 2)
-            assert second.strip().startswith(solo["formal"][:15]) and second != first
-            box.fill('<img src=x onerror="window.__xss=1"><script>window.__xss=2</script> hello')
-            box.press("Enter")
-            last_bot_text(pg, 3)
-            assert pg.evaluate("window.__xss") is None  # shown as text, never run
-            try:  # the markup is text in the user's bubble (textContent: innerText is '' while off screen)
-                pg.wait_for_function(
-                    "() => { const u = document.querySelectorAll('[data-testid=\"user\"]');"
-                    " return u.length > 2 && u[2].textContent.includes('img src=x') && u[2].textContent.includes('hello'); }",
-                    timeout=30_000)
-            except Exception:
-                pg.screenshot(path=str(tmp_path / "failed.png"), full_page=True)
-                pytest.fail(f"user bubbles: {pg.locator('[data-testid=user]').all_text_contents()!r}; "
-                            f"html: {pg.locator('[data-testid=user]').last.inner_html()[:600]!r}")
-            shot = tmp_path / "chat-page.png"
-            pg.screenshot(path=str(shot), full_page=True)
-            assert shot.stat().st_size > 10_000
-        finally:
-            browser.close()
+    with browser_page(server) as pg:
+        box = pg.locator("#message textarea")
+        box.fill(QUESTION)
+        box.press("Enter")
+        first = last_bot_text(pg, 1)
+        assert first.strip().startswith(solo["none"][:15])
+        assert "[1]" in pg.locator("#sources").inner_text()
+        pg.locator("#adapter input").click()
+        pg.get_by_role("option", name="formal").first.click()
+        box.fill(QUESTION)
+        box.press("Enter")
+        second = last_bot_text(pg, 2)
+        assert second.strip().startswith(solo["formal"][:15]) and second != first
+        box.fill('<img src=x onerror="window.__xss=1"><script>window.__xss=2</script> hello')
+        box.press("Enter")
+        last_bot_text(pg, 3)
+        assert pg.evaluate("window.__xss") is None  # shown as text, never run
+        try:  # the markup is text in the user's bubble (textContent: innerText is '' while off screen)
+            pg.wait_for_function(
+                "() => { const u = document.querySelectorAll('[data-testid=\"user\"]');"
+                " return u.length > 2 && u[2].textContent.includes('img src=x') && u[2].textContent.includes('hello'); }",
+                timeout=30_000)
+        except Exception:
+            pg.screenshot(path=str(tmp_path / "failed.png"), full_page=True)
+            pytest.fail(f"user bubbles: {pg.locator('[data-testid=user]').all_text_contents()!r}; "
+                        f"html: {pg.locator('[data-testid=user]').last.inner_html()[:600]!r}")
+        shot = tmp_path / "chat-page.png"
+        pg.screenshot(path=str(shot), full_page=True)
+        assert shot.stat().st_size > 10_000
