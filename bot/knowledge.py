@@ -1,20 +1,19 @@
 """The knowledge base: a folder kept in sync with a FAISS index, and searched.
 
-A sync is proportional to the change: files are hashed, and only new or edited files are parsed,
-split and handed to LangChain's indexing API (which skips passages whose hash it already holds);
-deleted files are purged by source through the record manager. Everything is written to a new
-generation and published atomically (`bot.store`). Readers keep the previous `IndexView` until
+A sync is proportional to the change: files whose stat is unchanged are not even read, the rest
+are hashed, and only new or edited files are parsed, split and handed to LangChain's indexing API
+(which skips passages whose hash it already holds); deleted files are purged by source through
+the record manager. The change is written as a new generation that shares the unchanged segments
+of the live one, and published atomically (`bot.store`). Readers keep the previous `IndexView` until
 the new one is built, so a search never waits for a sync.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import shutil
 import threading
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,11 +21,23 @@ import numpy as np
 
 from bot.chunking import ChunkParams, split_source
 from bot.config import Settings
-from bot.documents import Skipped, folder_stats, read_source, scan_folder
+from bot.documents import Skipped, folder_stats, read_source, scan_folder, stat_key
 from bot.errors import KnowledgeBaseError
 from bot.lexical import Lexicon
+from bot.records import purge, reconcile
 from bot.retrieval import IndexView, SearchResult
-from bot.store import IndexStore, Manifest, load_generation, new_faiss, open_record_manager, save_generation
+from bot.store import (
+    IndexStore,
+    Layout,
+    Manifest,
+    counts_agree,
+    load_generation,
+    new_faiss,
+    open_record_manager,
+    read_manifest,
+    rewrite_manifest,
+    save_generation,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +54,7 @@ class SyncReport:
     chunks_deleted: int = 0
     chunks_total: int = 0
     files_total: int = 0
+    files_read: int = 0  # files read and hashed; the rest were unchanged by their stat
     repaired: list[str] = field(default_factory=list)  # sources re-indexed because index and records disagreed
     generation: str = ""
     seconds: float = 0.0
@@ -71,8 +83,11 @@ class KnowledgeBase:
         self.store = IndexStore(settings.index_dir)
         self.params = ChunkParams(settings.knowledge.chunk_chars, settings.knowledge.chunk_overlap)
         self._view: IndexView | None = None
+        self._layout: tuple[str, Layout] | None = None  # (generation, its segments): the base of the next delta
         self._lexicon = Lexicon()  # term counts cached across views: a sync re-tokenizes only what changed
         self._sync_lock = threading.Lock()
+        self._records = None  # the work folder's SQLRecordManager, kept across syncs (see store.WORK)
+        self._manifest: tuple[tuple, Manifest] | None = None  # the last file list read, by generation and files.json stat
         self._synced_fingerprint: tuple | None = None
         self._watcher: threading.Thread | None = None
         self._stop = threading.Event()
@@ -92,7 +107,8 @@ class KnowledgeBase:
         gen = self.store.current()
         if gen is None:
             return IndexView(new_faiss(self.embeddings, self.embeddings.dim), lexicon=self._lexicon)
-        vs, _ = load_generation(gen, self.embeddings, self.embeddings.dim)
+        vs, _, layout = load_generation(gen, self.embeddings, self.embeddings.dim)
+        self._layout = (gen.name, layout)
         return IndexView(vs, gen.name, self._lexicon)
 
     def search(self, query: str, k: int | None = None) -> SearchResult:
@@ -129,20 +145,22 @@ class KnowledgeBase:
                 "pass --kb DIR or set kb in supportbot.toml",
             )
         k = self.settings.knowledge
+        live = self.store.current()  # read outside the lock, as a stat cache only: a stat -> sha256 fact holds in any generation
+        manifest = self._manifest_of(live) if live is not None and not rebuild else Manifest()
         try:
-            scan = scan_folder(root, k.extensions, int(k.max_file_mb * 2**20))
+            cache = manifest.files if manifest.signature == self.params.signature else None
+            scan = scan_folder(root, k.extensions, int(k.max_file_mb * 2**20), cache)
         except OSError as err:
             raise KnowledgeBaseError(
                 f"cannot read the knowledge-base folder {root} ({err.strerror or err}); the index was left as it was",
                 "check the folder's permissions",
             ) from None
-        report = SyncReport(ignored=scan.ignored)
+        report = SyncReport(ignored=scan.ignored, files_read=sum(e.data is not None for e in scan.entries.values()))
         fingerprint = tuple(sorted(scan.stats.items()))
         with self.store.writer():
-            live = self.store.current()
-            manifest = Manifest()
-            if live is not None and not rebuild:
-                manifest = _read_manifest(live)
+            if self.store.current() != live:  # another process synced meanwhile
+                live = self.store.current()
+                manifest = self._manifest_of(live) if live is not None and not rebuild else Manifest()
             fresh = manifest.signature == self.params.signature
             known = manifest.files if fresh else {}
 
@@ -151,7 +169,8 @@ class KnowledgeBase:
             for rel, entry in scan.entries.items():
                 old = known.get(rel)
                 if old and old["sha256"] == entry.sha256:
-                    new_files[rel] = old
+                    stat = scan.trusted_stat(rel)
+                    new_files[rel] = old if old.get("stat") == stat else _with_stat(old, stat)
                     continue
                 parsed = read_source(entry)
                 if isinstance(parsed, Skipped):
@@ -160,63 +179,71 @@ class KnowledgeBase:
                     if parsed.keep_previous:
                         kept.add(rel)
                     continue
-                sources.append((parsed, entry.sha256, old is not None))
+                sources.append((parsed, entry.sha256, old is not None, scan.trusted_stat(rel)))
             for rel in kept & manifest.files.keys():
                 new_files[rel] = manifest.files[rel]  # unreadable now: keep its last good version
             report.skipped = [
                 {"file": s.rel, "reason": s.reason, "kept_previous": s.rel in manifest.files and s.keep_previous}
                 for s in scan.skipped
             ]
-            reading = {src.rel for src, _, _ in sources}
+            reading = {src.rel for src, *_ in sources}
             gone = [rel for rel in manifest.files if rel not in new_files and rel not in reading]
             if not new_files and not sources and manifest.files and not allow_empty:
                 raise KnowledgeBaseError(
                     f"{root} has no readable documents now; the index of {len(manifest.files)} files was kept",
                     "check the folder (wrong --kb?), or run `supportbot sync --allow-empty` to really empty the index",
                 )
-            if fresh and not sources and not gone and live is not None and not rebuild and _counts_agree(live, manifest):
+            if fresh and not sources and not gone and live is not None and not rebuild and self._intact(live, manifest):
                 report.unchanged = len(new_files)
                 report.files_total = len(new_files)
                 report.chunks_total = sum(f["chunks"] for f in new_files.values())
                 report.generation = live.name
+                if new_files != manifest.files:  # only stats moved (a touch, a checkout): remember them
+                    rewrite_manifest(live, Manifest(manifest.signature, new_files))
+                    self._manifest = None
                 report.seconds = time.perf_counter() - t0
                 return report, fingerprint
-            vs, gen = self._apply(live, rebuild or not fresh, known, sources, gone, new_files, report, scan.entries, progress)
+            vs, gen, layout = self._apply(live, rebuild or not fresh, known, sources, gone, new_files, report, scan.entries, progress)
         report.seconds = time.perf_counter() - t0
         report.generation = gen.name
         self._view = IndexView(vs, gen.name, self._lexicon)  # atomic swap: readers move over on their next search
+        self._layout = (gen.name, layout)
+        self._manifest = ((gen.name, stat_key((gen / "files.json").stat())), Manifest(self.params.signature, new_files))
         log.info("sync: %s", report.summary())
         return report, fingerprint
 
     def _apply(self, live, rebuild, known, sources, gone, new_files, report, entries, progress):
-        """Write the changes into a new generation and publish it. Returns (vectorstore, generation)."""
+        """Write the changes into a new generation and publish it. Returns (vectorstore, generation, layout)."""
         from langchain_core.indexing import index
         from tqdm import tqdm
 
-        work = self.store.begin() if not rebuild else self._fresh_work()
+        work = self.store.begin(seed=not rebuild)
         rm = None
         try:
-            rm = open_record_manager(work / "records.sqlite")
-            vs = self._working_copy(live) if not rebuild else new_faiss(self.embeddings, self.embeddings.dim)
-            report.repaired = [] if rebuild else _reconcile(vs, rm, known)
+            if self._records is None:
+                self._records = open_record_manager(work / "records.sqlite")
+            rm = self._records
+            rm.create_schema()
+            vs, base = self._working_copy(live) if not rebuild else (new_faiss(self.embeddings, self.embeddings.dim), None)
+            report.repaired = [] if rebuild else reconcile(vs, rm, known)
             for rel in report.repaired:  # unchanged files among them: re-read as if they had changed
                 if rel in new_files:
                     del new_files[rel]
                     parsed = read_source(entries[rel]) if rel in entries else None
                     if parsed is not None and not isinstance(parsed, Skipped):
-                        sources.append((parsed, entries[rel].sha256, True))
+                        sources.append((parsed, entries[rel].sha256, True, None))
             for rel in gone:
-                report.chunks_deleted += _purge(vs, rm, rel)
+                report.chunks_deleted += purge(vs, rm, rel)
                 report.deleted.append(rel)
             docs = []
-            for source, sha, existed in sources:
+            for source, sha, existed, stat in sources:
                 chunks = split_source(source, self.params)
                 (report.changed if existed else report.added).append(source.rel)
                 if not chunks:  # e.g. only headings: nothing to index, like an empty file
-                    report.chunks_deleted += _purge(vs, rm, source.rel)
+                    report.chunks_deleted += purge(vs, rm, source.rel)
                     continue
                 docs.extend(chunks)
-                new_files[source.rel] = {"sha256": sha, "chunks": len(chunks)}
+                new_files[source.rel] = _with_stat({"sha256": sha, "chunks": len(chunks)}, stat)
             bar = tqdm(total=len(docs), desc="embedding", unit="passage", disable=None if progress else True)
             self.embeddings.on_batch = bar.update
             try:
@@ -231,27 +258,23 @@ class KnowledgeBase:
             report.unchanged = len(new_files) - len(sources)
             report.files_total = len(new_files)
             report.chunks_total = vs.index.ntotal
-            save_generation(work, vs, Manifest(self.params.signature, new_files))
+            layout = save_generation(work, vs, Manifest(self.params.signature, new_files), base)
             rm.engine.dispose()
             rm = None
-            return vs, self.store.commit(work)
+            return vs, self.store.commit(work), layout
         except BaseException:
             if rm is not None:
                 rm.engine.dispose()
             shutil.rmtree(work, ignore_errors=True)
             raise
 
-    def _fresh_work(self) -> Path:
-        work = self.store.begin()
-        (work / "records.sqlite").unlink(missing_ok=True)
-        return work
-
-    def _working_copy(self, live):
-        """A private, mutable copy of the live index (the published view is never mutated)."""
+    def _working_copy(self, live) -> tuple:
+        """A private, mutable copy of the live index (the published view is never mutated), and the
+        (generation folder, layout) a delta is written against (None: write it whole)."""
         if live is None:
-            return new_faiss(self.embeddings, self.embeddings.dim)
-        view = self._view
-        if view is not None and view.generation == live.name:
+            return new_faiss(self.embeddings, self.embeddings.dim), None
+        view, layout = self._view, self._layout
+        if view is not None and view.generation == live.name and layout is not None and layout[0] == live.name:
             import faiss
             from langchain_community.docstore.in_memory import InMemoryDocstore
 
@@ -259,12 +282,36 @@ class KnowledgeBase:
             vs.index = faiss.clone_index(view.vs.index)
             vs.docstore = InMemoryDocstore(dict(view.vs.docstore._dict))
             vs.index_to_docstore_id = dict(view.vs.index_to_docstore_id)
-            return vs
+            return vs, (live, layout[1])
         try:
-            return load_generation(live, self.embeddings, self.embeddings.dim)[0]
+            vs, _, loaded = load_generation(live, self.embeddings, self.embeddings.dim)
+            return vs, (live, loaded)
         except KnowledgeBaseError as err:
             log.warning("%s; rebuilding from the folder", err)
-            return new_faiss(self.embeddings, self.embeddings.dim)
+            return new_faiss(self.embeddings, self.embeddings.dim), None
+
+    def _intact(self, gen: Path, manifest: Manifest) -> bool:
+        """Whether a generation with nothing to change can stay live: its counts agree, and it loads
+        (checked once per process: a damaged file must not survive every plain sync)."""
+        if not counts_agree(gen, manifest):
+            return False
+        if self._view is None or self._view.generation != gen.name:
+            try:
+                self._view = self._load_view()
+            except KnowledgeBaseError as err:
+                log.warning("%s; re-indexing", err)
+                return False
+        return True
+
+    def _manifest_of(self, gen: Path) -> Manifest:
+        """The generation's file list, read again only when files.json is another file (3 ms at 1,000 files)."""
+        try:
+            key = (gen.name, stat_key((gen / "files.json").stat()))
+        except OSError:
+            key = None
+        if key is None or self._manifest is None or self._manifest[0] != key:
+            self._manifest = (key, read_manifest(gen))
+        return self._manifest[1]
 
     # ---------------------------------------------------------------- watching
     def start_watching(self) -> None:
@@ -295,78 +342,7 @@ class KnowledgeBase:
             self._watcher = None
 
 
-def _read_manifest(gen: Path) -> Manifest:
-    import json
-
-    try:
-        data = json.loads((gen / "files.json").read_text(encoding="utf-8"))
-        return Manifest(data.get("signature", ""), data.get("files", {}))
-    except (OSError, ValueError):
-        log.warning("file list of %s unreadable; every file will be re-checked", gen)
-        return Manifest()
-
-
-def _counts_agree(gen: Path, manifest: Manifest) -> bool:
-    """Cheap integrity check of a generation: records and vectors both match the file list's counts."""
-    import sqlite3
-
-    from bot.store import RM_NAMESPACE
-
-    expected = sum(f["chunks"] for f in manifest.files.values())
-    try:
-        with contextlib.closing(sqlite3.connect(f"file:{gen / 'records.sqlite'}?mode=ro", uri=True)) as db:
-            (records,) = db.execute("select count(*) from upsertion_record where namespace = ?", (RM_NAMESPACE,)).fetchone()
-        # FAISS flat-index header: 4-byte type tag, int32 dimension, int64 vector count.
-        with open(gen / "vectors.faiss", "rb") as fh:
-            vectors = int.from_bytes(fh.read(16)[8:16], "little")
-    except (sqlite3.Error, OSError):
-        return False
-    return records == expected == vectors
-
-
-def _all_keys(rm) -> set[str]:
-    """Every key the record manager holds: `rm.list_keys()` without an ORM object per row (0.3 s at 2,000)."""
-    from sqlalchemy import text
-
-    with rm.engine.connect() as conn:
-        rows = conn.execute(text("select key from upsertion_record where namespace = :ns"), {"ns": rm.namespace})
-        return {key for (key,) in rows}
-
-
-def _purge(vs, rm, rel: str) -> int:
-    """Remove every passage of one source from both the vector store and the record manager."""
-    keys = rm.list_keys(group_ids=[rel])
-    present = [k for k in keys if k in vs.docstore._dict]  # FAISS.delete raises on unknown ids
-    if present:
-        vs.delete(present)
-    rm.delete_keys(keys)
-    return len(present)
-
-
-def _reconcile(vs, rm, files: dict[str, dict]) -> list[str]:
-    """Make the vector store, record manager and the live file list agree; return sources to re-index.
-
-    Generations are published atomically, so this only finds damage done outside a sync (a
-    half-copied data dir, a hand-edited database). Whatever disagrees is dropped on both sides,
-    and the files involved are re-indexed from the folder, as a clean build would.
-    """
-    in_vs = set(vs.index_to_docstore_id.values())
-    in_rm = _all_keys(rm)
-    extra_vs, extra_rm = in_vs - in_rm, in_rm - in_vs
-    if extra_vs:
-        vs.delete(list(extra_vs))
-    if extra_rm:
-        rm.delete_keys(list(extra_rm))
-    counts = Counter(doc.metadata["source"] for doc in vs.docstore._dict.values())
-    damaged = sorted(rel for rel, meta in files.items() if counts.get(rel, 0) != meta["chunks"])
-    orphans = sorted(set(counts) - files.keys())
-    for rel in orphans:
-        _purge(vs, rm, rel)
-    if extra_vs or extra_rm or damaged or orphans:
-        log.warning(
-            "index and records disagreed (%d vectors, %d records without a partner); re-indexing %s",
-            len(extra_vs), len(extra_rm), ", ".join(damaged) or "nothing",
-        )
-    for rel in damaged:
-        _purge(vs, rm, rel)
-    return damaged
+def _with_stat(meta: dict, stat: list[int] | None) -> dict:
+    """A file-list entry carrying the stat the next scan may trust (none when it was too recent)."""
+    meta = {k: v for k, v in meta.items() if k != "stat"}
+    return {**meta, "stat": stat} if stat else meta

@@ -50,14 +50,15 @@ class Lexicon:
 
     def __init__(self) -> None:
         self.vocab: dict[str, int] = {}
-        self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._cache: dict[str, tuple[np.ndarray, np.ndarray, int]] = {}
 
-    def encode(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+    def encode(self, text: str) -> tuple[np.ndarray, np.ndarray, int]:
+        """(term ids, their counts, passage length in terms)."""
         counts = Counter(tokenize(text))
         ids = np.fromiter((self.vocab.setdefault(t, len(self.vocab)) for t in counts), dtype=np.int64, count=len(counts))
-        return ids, np.fromiter(counts.values(), dtype=np.float32, count=len(counts))
+        return ids, np.fromiter(counts.values(), dtype=np.float32, count=len(counts)), sum(counts.values())
 
-    def passages(self, ids: list[str], texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+    def passages(self, ids: list[str], texts: list[str]) -> list[tuple[np.ndarray, np.ndarray, int]]:
         out = [self._cache.get(i) or self._cache.setdefault(i, self.encode(t)) for i, t in zip(ids, texts)]
         if len(self._cache) > 2 * len(ids) + 1000:  # forget passages no longer indexed
             keep = set(ids)
@@ -66,6 +67,17 @@ class Lexicon:
 
     def query_ids(self, query: str) -> list[int]:
         return [self.vocab[t] for t in set(tokenize(query)) if t in self.vocab]
+
+
+def group_by_term(terms: np.ndarray, vocab_size: int) -> np.ndarray:
+    """`np.argsort(terms, kind="stable")`, fast: numpy radix-sorts 16-bit keys, so sort by 16-bit
+    digits (one pass, or two for a bigger vocabulary). On int64 keys the sort was 2/3 of a view rebuild."""
+    if vocab_size <= 1 << 16:
+        return np.argsort(terms.astype(np.uint16), kind="stable")
+    if vocab_size > 1 << 32:
+        return np.argsort(terms, kind="stable")
+    order = np.argsort((terms & 0xFFFF).astype(np.uint16), kind="stable")
+    return order[np.argsort((terms[order] >> 16).astype(np.uint16), kind="stable")]
 
 
 class BM25:
@@ -77,15 +89,15 @@ class BM25:
         encoded = self.lexicon.passages(ids or [str(i) for i in range(len(texts))], texts)
         self.n = len(texts)
         vocab_size = len(self.lexicon.vocab)
-        lengths = np.array([tf.sum() for _, tf in encoded], dtype=np.float32)
-        terms = np.concatenate([t for t, _ in encoded]) if encoded else np.zeros(0, dtype=np.int64)
-        tf = np.concatenate([f for _, f in encoded]) if encoded else np.zeros(0, dtype=np.float32)
-        doc = np.repeat(np.arange(self.n), [len(t) for t, _ in encoded])
+        lengths = np.array([n for _, _, n in encoded], dtype=np.float32)
+        terms = np.concatenate([t for t, _, _ in encoded]) if encoded else np.zeros(0, dtype=np.int64)
+        tf = np.concatenate([f for _, f, _ in encoded]) if encoded else np.zeros(0, dtype=np.float32)
+        doc = np.repeat(np.arange(self.n), [len(t) for t, _, _ in encoded])
         df = np.bincount(terms, minlength=vocab_size)
         idf = np.log1p((self.n - df + 0.5) / (df + 0.5)).astype(np.float32)
         norm = k1 * (1 - b + b * lengths / max(float(lengths.mean()) if self.n else 1.0, 1e-9))
         weight = idf[terms] * tf * (k1 + 1) / (tf + norm[doc])
-        order = np.argsort(terms, kind="stable")
+        order = group_by_term(terms, vocab_size)
         self.doc, self.weight = doc[order], weight[order].astype(np.float32)
         self.start = np.searchsorted(terms[order], np.arange(vocab_size + 1))
 

@@ -1,15 +1,20 @@
 """Persistence of the index: FAISS + passages + record manager + file manifest, with no pickle.
 
 Layout under `<data-dir>/index/`:
-    CURRENT            name of the live generation, replaced atomically (os.replace)
-    gen-000042/        one complete, immutable generation:
-        vectors.faiss  faiss.write_index (FAISS's own binary format)
-        passages.json  ids in FAISS order + page_content + metadata
-        records.sqlite LangChain SQLRecordManager (which chunk hashes are indexed, per source)
-        files.json     per-file sha256 and chunk count, plus the chunker signature
-A sync writes a new generation next to the live one and flips CURRENT only when every file is on
-disk, so readers and crashes only ever see a whole generation. The previous generation is kept
-for readers in other processes that may still be opening it.
+    CURRENT             name of the live generation, replaced atomically (os.replace)
+    gen-000042/         one complete, immutable generation:
+        segments.json   its segments in order, each with the ids deleted since it was written
+        seg-<name>.faiss  one segment's vectors (faiss.serialize_index: FAISS's own binary format)
+        seg-<name>.json   that segment's ids in FAISS order + page_content + metadata
+        records.sqlite  LangChain SQLRecordManager (which chunk hashes are indexed, per source)
+        files.json      per-file sha256, chunk count and stat, plus the chunker signature
+A sync writes what changed, not the whole index: one new segment with the passages it added, the
+ids it removed listed against the segments holding them, and hard links to the live generation's
+segment files for the rest. When removed rows pass a quarter of all rows, or segments pile up,
+it writes one compacted segment instead. The new generation is built next to the live one, and
+CURRENT flips only when every file is on disk, so readers and crashes only ever see a whole
+generation. The previous generation is kept for readers in other processes that may still be
+opening it; hard links make deleting older ones safe.
 """
 
 from __future__ import annotations
@@ -31,8 +36,13 @@ from bot.errors import KnowledgeBaseError
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 RM_NAMESPACE = "supportbot/faiss"
+COMPACT_DEAD_SHARE = 0.25  # removed rows above this share of all rows: rewrite as one segment
+MAX_SEGMENTS = 16
+# One writer at a time (the lock), so one fixed work folder: the record manager's engine, with its
+# compiled statements, then lives across syncs instead of being rebuilt for a new path each time.
+WORK = "tmp-work"
 
 
 def new_faiss(embeddings, dim: int):
@@ -58,7 +68,28 @@ def new_faiss(embeddings, dim: int):
 @dataclass
 class Manifest:
     signature: str = ""
-    files: dict[str, dict] = field(default_factory=dict)  # rel -> {"sha256": str, "chunks": int}
+    files: dict[str, dict] = field(default_factory=dict)  # rel -> {"sha256": str, "chunks": int, "stat"?: list}
+
+
+@dataclass(frozen=True)
+class Segment:
+    name: str
+    ids: tuple[str, ...]  # row order of its vectors
+    dead: frozenset[str] = frozenset()  # removed since it was written
+
+    @property
+    def live(self) -> int:
+        return len(self.ids) - len(self.dead)
+
+
+@dataclass
+class Layout:
+    """The segments one generation is made of: what the next sync links instead of rewriting."""
+
+    segments: list[Segment] = field(default_factory=list)
+
+    def owners(self) -> dict[str, Segment]:
+        return {i: s for s in self.segments for i in s.ids if i not in s.dead}
 
 
 def _fsync_write(path: Path, data: bytes) -> None:
@@ -76,50 +107,192 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def save_generation(gen: Path, vs, manifest: Manifest) -> None:
+def save_generation(work: Path, vs, manifest: Manifest, base: tuple[Path, Layout] | None = None) -> Layout:
+    """Write `vs` into the work folder: as a delta over `base` (the live generation) where it pays."""
+    ids = [vs.index_to_docstore_id[i] for i in range(vs.index.ntotal)]
+    layout = _delta(base[1], ids) if base is not None else None
+    if layout is None:  # compact: the whole index as one segment
+        layout = Layout([Segment(_segment_name(), tuple(ids))] if ids else [])
+        if ids:
+            _write_segment(work, layout.segments[0].name, vs, list(range(len(ids))))
+    else:
+        written = {s.name for s in base[1].segments}
+        for seg in layout.segments:
+            if seg.name in written:
+                for suffix in (".faiss", ".json"):
+                    _link(base[0] / f"{seg.name}{suffix}", work / f"{seg.name}{suffix}")
+            else:
+                new = set(seg.ids)
+                _write_segment(work, seg.name, vs, [p for p, i in enumerate(ids) if i in new])
+    spec = {"version": FORMAT_VERSION, "segments": [{"name": s.name, "dead": sorted(s.dead)} for s in layout.segments]}
+    _fsync_write(work / "segments.json", json.dumps(spec).encode())
+    _write_manifest(work / "files.json", manifest)
+    return layout
+
+
+def _delta(previous: Layout, ids: list[str]) -> Layout | None:
+    """`ids` as `previous` plus one new segment and more removed rows; None when compacting pays."""
+    owners = previous.owners()
+    added = tuple(i for i in ids if i not in owners)
+    removed: dict[str, set[str]] = {}
+    for i in owners.keys() - set(ids):
+        removed.setdefault(owners[i].name, set()).add(i)
+    segments = []
+    for seg in previous.segments:
+        seg = Segment(seg.name, seg.ids, seg.dead | removed.get(seg.name, set()))
+        if seg.live:  # a segment with nothing left in it is dropped
+            segments.append(seg)
+    if added:
+        segments.append(Segment(_segment_name(), added))
+    rows = sum(len(s.ids) for s in segments)
+    dead = sum(len(s.dead) for s in segments)
+    if not segments or dead > COMPACT_DEAD_SHARE * rows or len(segments) > MAX_SEGMENTS:
+        return None
+    return Layout(segments)
+
+
+def _segment_name() -> str:
+    return f"seg-{time.time_ns():x}"  # writers are serialised by the lock: unique in a data dir
+
+
+def _write_segment(work: Path, name: str, vs, positions: list[int]) -> None:
     import faiss
 
-    ids = [vs.index_to_docstore_id[i] for i in range(vs.index.ntotal)]
+    index = faiss.IndexFlatIP(vs.index.d)
+    if positions:
+        index.add(vs.index.reconstruct_batch(np.asarray(positions, dtype=np.int64)))
+    ids = [vs.index_to_docstore_id[p] for p in positions]
     passages = []
     for doc_id in ids:
         doc = vs.docstore.search(doc_id)
         passages.append({"page_content": doc.page_content, "metadata": doc.metadata})
-    _fsync_write(gen / "vectors.faiss", faiss.serialize_index(vs.index).tobytes())
+    _fsync_write(work / f"{name}.faiss", faiss.serialize_index(index).tobytes())
     payload = {"version": FORMAT_VERSION, "ids": ids, "passages": passages}
-    _fsync_write(gen / "passages.json", json.dumps(payload, ensure_ascii=False).encode())
-    files = {"version": FORMAT_VERSION, "signature": manifest.signature, "files": manifest.files}
-    _fsync_write(gen / "files.json", json.dumps(files, ensure_ascii=False, sort_keys=True).encode())
+    _fsync_write(work / f"{name}.json", json.dumps(payload, ensure_ascii=False).encode())
+
+
+def _link(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # a file system without hard links: a copy is as good, only slower
+        shutil.copyfile(src, dst)
+        with open(dst, "rb") as fh:
+            os.fsync(fh.fileno())
 
 
 def load_generation(gen: Path, embeddings, dim: int):
-    """Read one generation back. Raises KnowledgeBaseError when its files are damaged."""
+    """Read one generation back as (vectorstore, manifest, layout). Raises KnowledgeBaseError when damaged."""
     import faiss
     from langchain_core.documents import Document
 
+    ids, passages, vectors, segments = [], [], [], []
     try:
-        index = faiss.deserialize_index(np.frombuffer((gen / "vectors.faiss").read_bytes(), dtype=np.uint8))
-        payload = json.loads((gen / "passages.json").read_text(encoding="utf-8"))
+        spec = json.loads((gen / "segments.json").read_text(encoding="utf-8"))
+        if spec.get("version") != FORMAT_VERSION:
+            raise ValueError(f"format {spec.get('version')}; this supportbot reads format {FORMAT_VERSION}")
+        for item in spec["segments"]:
+            name, dead = item["name"], frozenset(item["dead"])
+            index = faiss.deserialize_index(np.frombuffer((gen / f"{name}.faiss").read_bytes(), dtype=np.uint8))
+            payload = json.loads((gen / f"{name}.json").read_text(encoding="utf-8"))
+            seg_ids, seg_passages = payload["ids"], payload["passages"]
+            if index.d != dim or index.ntotal != len(seg_ids) or len(seg_passages) != len(seg_ids):
+                raise ValueError(f"{name}: {index.ntotal} vectors of size {index.d} for {len(seg_ids)} ids, "
+                                 f"{len(seg_passages)} passages of size {dim}")
+            if not dead <= set(seg_ids):
+                raise ValueError(f"{name}: removed ids it never held")
+            keep = [p for p, i in enumerate(seg_ids) if i not in dead]
+            ids += [seg_ids[p] for p in keep]
+            passages += [seg_passages[p] for p in keep]
+            vectors.append(index.reconstruct_n(0, index.ntotal)[keep] if keep else np.zeros((0, dim), np.float32))
+            segments.append(Segment(name, tuple(seg_ids), dead))
         files = json.loads((gen / "files.json").read_text(encoding="utf-8"))
-        ids, passages = payload["ids"], payload["passages"]
-        if payload.get("version") != FORMAT_VERSION or len(ids) != len(passages) != index.ntotal:
-            raise ValueError("passages and vectors disagree")
-        if index.ntotal != len(ids) or index.d != dim:
-            raise ValueError(f"{index.ntotal} vectors of size {index.d} for {len(ids)} passages of size {dim}")
+    except FileNotFoundError as err:
+        legacy = (gen / "passages.json").is_file()
+        raise KnowledgeBaseError(
+            f"the index in {gen} is {'from an older supportbot' if legacy else f'incomplete ({err.filename} is missing)'}",
+            "run `supportbot sync --rebuild` to build it again (a plain sync does it too)",
+        ) from None
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
         raise KnowledgeBaseError(
             f"the index in {gen} is damaged ({err})", "run `supportbot sync --rebuild` to build it again"
         ) from None
+    if len(set(ids)) != len(ids):
+        raise KnowledgeBaseError(f"the index in {gen} is damaged (a passage in two segments)",
+                                 "run `supportbot sync --rebuild` to build it again")
     vs = new_faiss(embeddings, dim)
-    vs.index = index
+    if ids:
+        vs.index.add(np.concatenate(vectors))
     vs.docstore.add({i: Document(id=i, **p) for i, p in zip(ids, passages)})
     vs.index_to_docstore_id = dict(enumerate(ids))
-    return vs, Manifest(files.get("signature", ""), files.get("files", {}))
+    return vs, Manifest(files.get("signature", ""), files.get("files", {})), Layout(segments)
+
+
+def _stored_vectors(gen: Path) -> int | None:
+    """Live vectors in a generation from its segment list and FAISS headers alone (None: unreadable)."""
+    try:
+        spec = json.loads((gen / "segments.json").read_text(encoding="utf-8"))
+        total = 0
+        for item in spec["segments"]:
+            with open(gen / f"{item['name']}.faiss", "rb") as fh:
+                # FAISS flat-index header: 4-byte type tag, int32 dimension, int64 vector count.
+                total += int.from_bytes(fh.read(16)[8:16], "little") - len(item["dead"])
+        return total
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def read_manifest(gen: Path) -> Manifest:
+    """A generation's file list; an empty one (everything re-checked) when it cannot be read."""
+    try:
+        data = json.loads((gen / "files.json").read_text(encoding="utf-8"))
+        return Manifest(data.get("signature", ""), data.get("files", {}))
+    except (OSError, ValueError):
+        log.warning("file list of %s unreadable; every file will be re-checked", gen)
+        return Manifest()
+
+
+def counts_agree(gen: Path, manifest: Manifest) -> bool:
+    """Cheap integrity check of a generation: records and vectors both match the file list's counts."""
+    import sqlite3
+
+    expected = sum(f["chunks"] for f in manifest.files.values())
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{gen / 'records.sqlite'}?mode=ro", uri=True)) as db:
+            (records,) = db.execute("select count(*) from upsertion_record where namespace = ?", (RM_NAMESPACE,)).fetchone()
+    except sqlite3.Error:
+        return False
+    return records == expected == _stored_vectors(gen)
+
+
+def rewrite_manifest(gen: Path, manifest: Manifest) -> None:
+    """Replace a live generation's file list atomically: only for the stat cache, never the content."""
+    tmp = gen / "files.json.tmp"
+    _write_manifest(tmp, manifest)
+    os.replace(tmp, gen / "files.json")
+
+
+def _write_manifest(path: Path, manifest: Manifest) -> None:
+    files = {"version": FORMAT_VERSION, "signature": manifest.signature, "files": manifest.files}
+    _fsync_write(path, json.dumps(files, ensure_ascii=False, sort_keys=True).encode())
 
 
 def open_record_manager(path: Path):
-    from langchain_classic.indexes import SQLRecordManager
+    """The record manager of a work folder, written without SQLite's own fsyncs and journal file.
 
-    rm = SQLRecordManager(RM_NAMESPACE, db_url=f"sqlite:///{path}")
+    Safe because a work folder is private: `IndexStore.commit` fsyncs the database before it goes
+    live, and a crash before that discards the folder. About 5 ms of a one-file sync at 1,000 files.
+    """
+    from langchain_classic.indexes import SQLRecordManager
+    from sqlalchemy import create_engine, event
+
+    engine = create_engine(f"sqlite:///{path}")
+
+    @event.listens_for(engine, "connect")
+    def _private(conn, _record) -> None:
+        conn.execute("PRAGMA synchronous=OFF")
+        conn.execute("PRAGMA journal_mode=MEMORY")
+
+    rm = SQLRecordManager(RM_NAMESPACE, engine=engine)
     rm.create_schema()
     return rm
 
@@ -160,14 +333,15 @@ class IndexStore:
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
-    def begin(self) -> Path:
-        """A fresh work folder seeded with the live record manager (the copy is what we edit)."""
+    def begin(self, seed: bool = True) -> Path:
+        """A fresh work folder, seeded with the live record manager unless `seed` is False
+        (the copy is what a sync edits). Call it holding `writer()`."""
         for stale in self.root.glob("tmp-*"):  # left by a crashed sync: never live, safe to drop
             shutil.rmtree(stale, ignore_errors=True)
-        work = self.root / f"tmp-{os.getpid()}-{time.time_ns()}"
+        work = self.root / WORK
         work.mkdir(parents=True)
         live = self.current()
-        if live is not None and (live / "records.sqlite").is_file():
+        if seed and live is not None and (live / "records.sqlite").is_file():
             shutil.copyfile(live / "records.sqlite", work / "records.sqlite")
         return work
 

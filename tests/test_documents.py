@@ -1,11 +1,12 @@
 """Reading files: formats, and every kind of bad file from the issue, each with a named reason."""
 
 import os
+import time
 
 import pytest
 
 from bot.chunking import ChunkParams, split_source
-from bot.documents import FolderScan, Skipped, Source, _scan_file, read_source, scan_folder
+from bot.documents import RACY_NS, FolderScan, Skipped, Source, _scan_file, read_source, scan_folder
 
 MB = 2**20
 
@@ -91,10 +92,40 @@ def test_symlink_outside_the_folder_is_refused(tmp_path):
 
 
 def test_file_deleted_while_scanning(tmp_path):
+    (tmp_path / "gone.md").write_text("# Gone\n\nSoon.")
+    (entry,) = os.scandir(tmp_path)  # listed by the walk, then deleted before its stat
+    os.remove(entry.path)
     scan = FolderScan()
-    _scan_file(scan, tmp_path, tmp_path / "gone.md", "gone.md", MB)
+    _scan_file(scan, tmp_path, entry, "gone.md", MB, None)
     assert scan.skipped[0].reason == "deleted while it was being read"
     assert scan.skipped[0].keep_previous is False
+
+
+def test_a_file_with_its_known_stat_is_not_read_and_any_edit_is(tmp_path):
+    root = tmp_path / "kb"
+    root.mkdir()
+    (root / "a.md").write_text("# A\n\nPlus costs $5.")
+    first = scan_folder(root, [".md"], MB)
+    known = {"a.md": {"sha256": "sha-from-the-last-sync", "stat": list(first.stats["a.md"])}}
+    again = scan_folder(root, [".md"], MB, known)
+    assert again.entries["a.md"].data is None and again.entries["a.md"].sha256 == "sha-from-the-last-sync"
+    assert read_source(again.entries["a.md"]).text == "# A\n\nPlus costs $5."  # still readable on demand
+
+    time.sleep(0.05)  # past the file system's timestamp tick (the racy case is covered by trusted_stat)
+    st = (root / "a.md").stat()
+    (root / "a.md").write_text("# A\n\nPlus costs $7.")  # same size
+    os.utime(root / "a.md", ns=(st.st_atime_ns, st.st_mtime_ns))  # and the old mtime put back
+    edited = scan_folder(root, [".md"], MB, known)
+    assert edited.entries["a.md"].data == b"# A\n\nPlus costs $7."  # ctime moved: read and hashed again
+    assert edited.entries["a.md"].sha256 != "sha-from-the-last-sync"
+
+
+@pytest.mark.parametrize("changed_ago_s, trusted", [(60, True), (RACY_NS / 1e9 + 1, True), (RACY_NS / 1e9 - 0.5, False), (0, False)])
+def test_only_stats_older_than_the_racy_window_are_trusted(changed_ago_s, trusted):
+    now = 10**18
+    changed = now - int(changed_ago_s * 1e9)
+    scan = FolderScan(stats={"a.md": (10, changed, changed, 7)}, started_ns=now)
+    assert (scan.trusted_stat("a.md") == [10, changed, changed, 7]) is trusted
 
 
 def test_other_types_and_hidden_files_are_ignored(tmp_path):

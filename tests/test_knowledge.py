@@ -59,6 +59,21 @@ def test_add_edit_delete_rename_round_trip(make_kb, embeddings, tmp_path):
     assert index_content(kb) == clean_build(kb.settings.kb, tmp_path / "clean", embeddings)
 
 
+def test_unchanged_files_are_not_read_and_same_size_edits_are_found(make_kb, monkeypatch):
+    import bot.documents
+
+    monkeypatch.setattr(bot.documents, "RACY_NS", -10**12)  # trust stats at once, not after 2 s
+    kb = make_kb({"refunds.md": A, "sub/shipping.md": B, "hours.txt": C})
+    assert kb.sync().files_read == 3
+    r = kb.sync()
+    assert (r.files_read, r.unchanged, r.changed) == (0, 3, [])
+    time.sleep(0.05)  # past the file system's timestamp tick
+    write(kb.settings.kb / "sub/shipping.md", B.replace("$6.95", "$7.95"))
+    r = kb.sync()
+    assert (r.files_read, r.changed, r.chunks_embedded) == (1, ["sub/shipping.md"], 1)
+    assert any("$7.95" in t for _, t in index_content(kb))
+
+
 def test_persists_across_restart_and_stores_no_pickle(make_kb):
     kb = make_kb({"refunds.md": A})
     kb.sync()
@@ -66,11 +81,13 @@ def test_persists_across_restart_and_stores_no_pickle(make_kb):
     hit = again.search("how long do refunds take?")
     assert hit.passages[0].source == "refunds.md" and hit.relevant
     gen = again.store.current()
-    assert sorted(p.name for p in gen.iterdir()) == ["files.json", "passages.json", "records.sqlite", "vectors.faiss"]
+    (seg,) = json.loads((gen / "segments.json").read_text())["segments"]
+    assert sorted(p.name for p in gen.iterdir()) == sorted(
+        ["files.json", "records.sqlite", "segments.json", f"{seg['name']}.faiss", f"{seg['name']}.json"])
     for path in gen.iterdir():
         head = path.read_bytes()[:2]
         assert head[:1] != b"\x80", f"{path.name} looks like a pickle"
-    json.loads((gen / "passages.json").read_text())  # plain JSON
+    json.loads((gen / f"{seg['name']}.json").read_text())  # plain JSON
     r = again.sync()
     assert r.unchanged == 1 and r.chunks_embedded == 0
 
@@ -217,12 +234,12 @@ def test_sync_and_watcher_see_the_folder_the_same_way(make_kb, tmp_path):
 
 
 def test_all_keys_matches_the_record_managers_own_list(tmp_path):
-    # _all_keys reads the table directly (no ORM object per row); pin it to the library's answer,
+    # all_keys reads the table directly (no ORM object per row); pin it to the library's answer,
     # so a LangChain upgrade that renames the table fails here rather than silently repairing nothing.
-    from bot.knowledge import _all_keys
+    from bot.records import all_keys
     from bot.store import open_record_manager
 
     rm = open_record_manager(tmp_path / "records.sqlite")
     rm.update([f"key{i}" for i in range(30)], group_ids=["a.md"] * 20 + ["b.md"] * 10)
-    assert _all_keys(rm) == set(rm.list_keys()) and len(_all_keys(rm)) == 30
+    assert all_keys(rm) == set(rm.list_keys()) and len(all_keys(rm)) == 30
     rm.engine.dispose()

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from bot.lexical import BM25, tokenize
+from bot.lexical import BM25, Lexicon, group_by_term, tokenize
 
 
 def test_bm25_ranks_term_matches_and_folds_plurals():
@@ -12,6 +12,20 @@ def test_bm25_ranks_term_matches_and_folds_plurals():
     assert [i for i, _ in top] == [2, 0] or [i for i, _ in top] == [0, 2]
     assert all(score > 0 for _, score in top) and 3 not in dict(top)
     assert tokenize("Hello, I need the Refunds!") == ["refund"]
+
+
+@pytest.mark.parametrize("vocab", [7, 60_000, 70_000, 3_000_000])
+def test_postings_order_is_a_stable_sort_by_term(vocab):
+    terms = np.random.default_rng(vocab).integers(0, vocab, 50_000)
+    assert np.array_equal(group_by_term(terms, vocab), np.argsort(terms, kind="stable"))
+
+
+def test_bm25_with_a_shared_lexicon_scores_like_a_fresh_one():
+    texts = ["refunds take five days", "shipping is free", "the refund policy", "free refunds on shipping"]
+    lexicon = Lexicon()
+    BM25(["unrelated words first", "so term ids differ"], lexicon=lexicon, ids=["x", "y"])
+    shared = BM25(texts, lexicon=lexicon, ids=["a", "b", "c", "d"])
+    assert np.allclose(shared.scores("free refund shipping"), BM25(texts).scores("free refund shipping"))
 
 
 @pytest.fixture(scope="module")

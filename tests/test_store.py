@@ -1,0 +1,92 @@
+"""Generations on disk: a sync writes its change as a new segment and links the rest; real FAISS, real MiniLM."""
+
+import json
+import os
+
+import pytest
+
+import bot.store
+from bot.errors import KnowledgeBaseError
+from conftest import clean_build, index_content, write
+
+PAGES = {f"page{i}.md": f"# Page {i}\n\nItem {i} costs {i * 3} dollars and ships in {i} days." for i in range(8)}
+
+
+def segments(gen):
+    return json.loads((gen / "segments.json").read_text())["segments"]
+
+
+def test_a_one_file_edit_writes_only_that_files_passages(make_kb, embeddings, tmp_path):
+    kb = make_kb(PAGES)
+    kb.sync()
+    first = kb.store.current()
+    (base,) = segments(first)
+    write(kb.settings.kb / "page3.md", "# Page 3\n\nItem 3 now costs 99 dollars.")
+    r = kb.sync()
+    gen = kb.store.current()
+    old, new = segments(gen)
+    assert old["name"] == base["name"] and len(old["dead"]) == r.chunks_deleted == 1
+    assert json.loads((gen / f"{new['name']}.json").read_text())["ids"] == [d.id for d in kb.view().docs[-1:]]
+    for suffix in (".faiss", ".json"):  # the unchanged segment is the same file, not a copy
+        assert os.stat(gen / f"{base['name']}{suffix}").st_ino == os.stat(first / f"{base['name']}{suffix}").st_ino
+    expected = clean_build(kb.settings.kb, tmp_path / "clean", embeddings)
+    assert index_content(kb) == expected
+    assert index_content(make_kb()) == expected  # read back from disk: old segment minus its dead row, plus the new one
+
+
+def test_removed_rows_past_a_quarter_compact_into_one_segment(make_kb, embeddings, tmp_path):
+    kb = make_kb(PAGES)
+    kb.sync()
+    (kb.settings.kb / "page0.md").unlink()
+    kb.sync()
+    assert [len(s["dead"]) for s in segments(kb.store.current())] == [1]  # 1 of 8 rows: a delta
+    for i in (1, 2):
+        (kb.settings.kb / f"page{i}.md").unlink()
+    kb.sync()
+    (seg,) = segments(kb.store.current())  # 3 of 8 rows removed: rewritten whole
+    assert seg["dead"] == [] and len(json.loads((kb.store.current() / f"{seg['name']}.json").read_text())["ids"]) == 5
+    assert index_content(make_kb()) == clean_build(kb.settings.kb, tmp_path / "clean", embeddings)
+
+
+def test_segments_do_not_pile_up(make_kb, monkeypatch):
+    monkeypatch.setattr(bot.store, "MAX_SEGMENTS", 3)
+    kb = make_kb(PAGES)
+    kb.sync()
+    counts = []
+    for n in range(4):
+        write(kb.settings.kb / f"new{n}.md", f"# New {n}\n\nNew item {n} costs {n} dollars.")
+        kb.sync()
+        counts.append(len(segments(kb.store.current())))
+    assert counts == [2, 3, 1, 2]
+    assert len(index_content(make_kb())) == 12
+
+
+def test_without_hard_links_unchanged_segments_are_copied(make_kb, monkeypatch, embeddings, tmp_path):
+    kb = make_kb(PAGES)
+    kb.sync()
+    monkeypatch.setattr(bot.store.os, "link", lambda *a: (_ for _ in ()).throw(OSError(95, "Operation not supported")))
+    write(kb.settings.kb / "page5.md", "# Page 5\n\nItem 5 is discontinued.")
+    kb.sync()
+    assert all(p.stat().st_nlink == 1 for p in kb.store.current().glob("seg-*"))
+    assert index_content(make_kb()) == clean_build(kb.settings.kb, tmp_path / "clean", embeddings)
+
+
+@pytest.mark.parametrize("damage", ["truncated segment", "dead id it never held", "older format"])
+def test_a_damaged_generation_says_so_and_the_next_sync_rebuilds_it(make_kb, embeddings, tmp_path, damage):
+    kb = make_kb(PAGES)
+    kb.sync()
+    gen = kb.store.current()
+    (seg,) = segments(gen)
+    if damage == "truncated segment":
+        (gen / f"{seg['name']}.json").write_text('{"ids": [')
+    elif damage == "dead id it never held":
+        (gen / "segments.json").write_text(json.dumps({"version": 2, "segments": [{**seg, "dead": ["nope"]}]}))
+    else:  # a generation written by supportbot before segments
+        for p in gen.glob("seg*"):
+            p.unlink()
+        (gen / "passages.json").write_text("{}")
+    with pytest.raises(KnowledgeBaseError, match="older supportbot" if damage == "older format" else "damaged"):
+        make_kb().view()
+    kb._view = None
+    make_kb().sync()
+    assert index_content(make_kb()) == clean_build(kb.settings.kb, tmp_path / "clean", embeddings)
