@@ -45,11 +45,11 @@ class Answer:
 
 def _source(p: Passage, cited: bool) -> dict:
     return {"n": p.n, "source": p.source, "section": p.section, "score": round(p.score, 4),
-            "text": p.text, "cited": cited}
+            "text": p.text, "cited": cited, "also_in": list(p.also_in)}
 
 
 def _renumber(passages: list[Passage]) -> list[Passage]:
-    return [Passage(i, p.source, p.section, p.title, p.text, p.score, p.id) for i, p in enumerate(passages, 1)]
+    return [replace(p, n=i) for i, p in enumerate(passages, 1)]
 
 
 class SupportChain:
@@ -100,7 +100,7 @@ class SupportChain:
         t = time.perf_counter()
         docs = self.retriever.invoke(state["question"])
         passages = [Passage(**{k: d.metadata[k] for k in ("n", "source", "section", "title", "score", "id")},
-                            text=d.page_content) for d in docs]
+                            text=d.page_content, also_in=tuple(d.metadata.get("also_in", ()))) for d in docs]
         relevant = bool(docs) and bool(docs[0].metadata.get("relevant"))
         return {**state, "passages": passages, "relevant": relevant, "retrieve_s": time.perf_counter() - t}
 

@@ -177,7 +177,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         lines.append("Closest passages:" if result.passages else "The index is empty: add documents and run sync.")
     for p in result.passages:
         where = f"{p.source}" + (f" > {p.section}" if p.section else "")
-        lines.append(f"[{p.n}] {p.score:.3f}  {where}")
+        also = f"  (also in {', '.join(p.also_in)})" if p.also_in else ""
+        lines.append(f"[{p.n}] {p.score:.3f}  {where}{also}")
         lines.append("    " + (p.text[:300] + ("..." if len(p.text) > 300 else "")).replace("\n", "\n    "))
     print("\n".join(lines))
     return 0

@@ -9,7 +9,7 @@ first; the question never is.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bot.errors import RequestError
 from bot.grounding import EMAIL, PHONE, best_sentences
@@ -88,13 +88,13 @@ def fit_passages(count, question: str, passages: list[Passage], budget: int) -> 
         lo, hi = 0, len(words)
         while lo < hi:  # the longest head of this passage that still fits
             mid = (lo + hi + 1) // 2
-            cut = Passage(p.n, p.source, p.section, p.title, " ".join(words[:mid]) + " …", p.score, p.id)
+            cut = replace(p, text=" ".join(words[:mid]) + " …")
             if count(answer_messages(question, kept + [cut])) <= budget:
                 lo = mid
             else:
                 hi = mid - 1
         if lo >= 20:
-            kept.append(Passage(p.n, p.source, p.section, p.title, " ".join(words[:lo]) + " …", p.score, p.id))
+            kept.append(replace(p, text=" ".join(words[:lo]) + " …"))
         break
     return kept
 

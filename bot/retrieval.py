@@ -6,10 +6,15 @@ match outvote a strong dense one, which score fusion does not.
 
 Every passage returned carries its real cosine similarity to the question, whichever ranking
 found it; the relevance threshold is applied to the best of those, so the chain can refuse.
+
+Twins (the same passage in two files: a page filed or crawled twice) take one slot of the top k,
+with the other files listed in `also_in`. On doc2dial, where 23 pages have a twin, twins filled
+two of the four slots in 6 of the 17 questions whose page was missing from the top 4.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -33,6 +38,7 @@ class Passage:
     text: str  # the passage body, without the "Title > Section" line
     score: float  # cosine similarity with the question, -1..1
     id: str
+    also_in: tuple[str, ...] = ()  # other files holding the same passage (twins)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -77,6 +83,7 @@ class IndexView:
         self.docs: list[Document] = [vs.docstore.search(i) for i in self.ids]
         self.vectors = vs.index.reconstruct_n(0, n) if n else np.zeros((0, vs.index.d), dtype=np.float32)
         self.bm25 = BM25([d.page_content for d in self.docs], lexicon=lexicon, ids=self.ids)
+        self._shingles: dict[int, tuple[frozenset, tuple]] = {}  # filled by searches; same values from any thread
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -98,16 +105,60 @@ class IndexView:
         cosine = dict(zip(order, (self.vectors[order] @ qvec).tolist()))
         top_bm25 = max(lexical.values(), default=1.0)
         fused = {i: cosine[i] + params.lexical_weight * lexical.get(i, 0.0) / top_bm25 for i in order}
-        best = _diverse(sorted(fused, key=lambda i: -fused[i]), self.docs, k, params.max_per_source)
+        enough = k if params.max_per_source <= 0 else len(fused)  # the cap may need candidates past k
+        ranked, also = self._collapse_twins(sorted(fused, key=lambda i: -fused[i]), enough)
+        best = _diverse(ranked, self.docs, k, params.max_per_source)
         passages = []
         for n, i in enumerate(best, 1):
             doc = self.docs[i]
             body = doc.page_content.split("\n", 1)[-1]
             meta = doc.metadata
-            passages.append(
-                Passage(n, meta["source"], meta.get("section", ""), meta.get("title", ""), body, cosine[i], self.ids[i])
-            )
+            passages.append(Passage(n, meta["source"], meta.get("section", ""), meta.get("title", ""), body,
+                                    cosine[i], self.ids[i], tuple(also[i])))
         return SearchResult(query, passages, params.threshold, time.perf_counter() - t0)
+
+
+    def _collapse_twins(self, order: list[int], enough: int) -> tuple[list[int], dict[int, list[str]]]:
+        """The first `enough` of `order` with each passage's twins removed, and their files listed
+        against it. Twins rank next to each other (same text, same scores), so stopping there
+        loses none of the listed ones in practice.
+
+        Twins share >= 90% of their word triples and every number: a passage that differs in one
+        price is not a twin, however close its vector. Vectors only preselect (cosine >= 0.9 held
+        all twin pairs on doc2dial), so texts are compared for a few pairs per query.
+        """
+        kept: list[int] = []
+        also: dict[int, list[str]] = {}
+        for i in order:
+            # pair by pair, not one Gram matrix: a BLAS matmul here left threads spinning that
+            # slowed the next FAISS search fivefold on 2 cores
+            twin = next((j for j in kept if float(self.vectors[i] @ self.vectors[j]) >= 0.9 and self._twins(i, j)), None)
+            if twin is None:
+                if len(kept) == enough:
+                    break
+                kept.append(i)
+                also[i] = []
+                continue
+            source = self.docs[i].metadata["source"]
+            if source != self.docs[twin].metadata["source"] and source not in also[twin]:
+                also[twin].append(source)
+        return kept, also
+
+    def _twins(self, i: int, j: int) -> bool:
+        if self.docs[i].page_content == self.docs[j].page_content:
+            return True
+        (a, na), (b, nb) = self._shingle(i), self._shingle(j)
+        return na == nb and len(a & b) >= 0.9 * len(a | b)
+
+    def _shingle(self, i: int) -> tuple[frozenset, tuple]:
+        if i not in self._shingles:
+            words = _WORDS.findall(self.docs[i].page_content.split("\n", 1)[-1].lower())
+            numbers = tuple(sorted(w for w in words if any(c.isdigit() for c in w)))
+            self._shingles[i] = (frozenset(zip(words, words[1:], words[2:])), numbers)
+        return self._shingles[i]
+
+
+_WORDS = re.compile(r"[a-z0-9]+(?:[.,:/-][a-z0-9]+)*")
 
 
 def _diverse(order: list[int], docs: list[Document], k: int, cap: int) -> list[int]:

@@ -78,3 +78,27 @@ def test_langchain_retriever_face(shipped):
     docs = KnowledgeRetriever(kb=shipped, k=2).invoke("How long does standard shipping take?")
     assert len(docs) == 2 and docs[0].metadata["source"] == "orders/shipping.md"
     assert docs[0].metadata["n"] == 1 and docs[0].metadata["relevant"] is True
+
+
+SHIPPING = ("Standard shipping takes 3 to 5 business days and costs $6.95 for orders under $50. Express shipping "
+            "takes 1 to 2 business days and costs $14.95. Every order ships from our warehouse in Dayton, Ohio, "
+            "with a tracking link by email.")
+
+
+def test_twins_take_one_slot_and_name_the_other_file(make_kb):
+    kb = make_kb({
+        "shipping.md": f"# Shipping\n\n{SHIPPING}",
+        "archive/shipping-copy.md": f"# Shipping\n\n{SHIPPING}",  # the same page filed twice
+        "shipping-2027.md": f"# Shipping\n\n{SHIPPING.replace('$6.95', '$7.95')}",  # one price differs: not a twin
+        "returns.md": "# Returns\n\nReturns are free within 60 days of delivery.",
+    })
+    kb.sync()
+    result = kb.search("How much does standard shipping cost?", k=3)
+    twins = {"shipping.md", "archive/shipping-copy.md"}
+    (twin,) = [p for p in result.passages if p.source in twins]
+    assert {twin.source, *twin.also_in} == twins
+    (other,) = [p for p in result.passages if p.source == "shipping-2027.md"]
+    assert other.also_in == ()
+    assert [p.n for p in result.passages] == [1, 2, 3] and len({p.id for p in result.passages}) == 3
+    everything = kb.search("How much does standard shipping cost?", k=4).passages
+    assert sorted(p.source for p in everything) == sorted(["returns.md", twin.source, "shipping-2027.md"])  # 4 passages, 3 distinct

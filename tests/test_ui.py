@@ -44,10 +44,12 @@ def test_sources_show_n_file_section_passage_and_flagged_values_escaped():
     answer = {"kind": "fallback", "flagged": ["$7.77"], "refused": False, "sources": [
         {"n": 1, "source": "plans/pricing.md", "section": "Plus", "score": 0.71, "cited": True,
          "text": "Plus costs $4.99 <script>alert(1)</script>"},
-        {"n": 2, "source": "orders/returns.md", "section": "", "score": 0.4, "cited": False, "text": "60 days"}]}
+        {"n": 2, "source": "orders/returns.md", "section": "", "score": 0.4, "cited": False, "text": "60 days",
+         "also_in": ["archive/returns-2025.md"]}]}
     md = sources_markdown(answer)
     assert "**[1]** `plans/pricing.md › Plus`" in md and "**cited**" in md
-    assert "**[2]** `orders/returns.md`" in md
+    assert "**[2]** `orders/returns.md` (score 0.40) · also in `archive/returns-2025.md`" in md
+    assert md.count("also in") == 1
     assert "`$7.77`" in md and "Not found in the cited passages" in md
     assert "<script>" not in md and "&lt;script&gt;" in md
     assert "No passages" in sources_markdown({"sources": [], "refused": True})

@@ -75,8 +75,10 @@ def sources_markdown(answer: dict | None) -> str:
     for s in answer.get("sources", []):
         where = _code(s["source"]) + (f" › {_code(s['section'])}" if s.get("section") else "")
         mark = " · **cited**" if s.get("cited") else ""
+        twins = ", ".join(f"`{_code(t)}`" for t in s.get("also_in", []))
+        also = f" · also in {twins}" if twins else ""
         passage = shown_text(s.get("text", "")).strip().replace("\n", "\n> ")
-        parts.append(f"**[{s['n']}]** `{where}` (score {s.get('score', 0):.2f}){mark}\n> {passage}")
+        parts.append(f"**[{s['n']}]** `{where}` (score {s.get('score', 0):.2f}){mark}{also}\n> {passage}")
     return "\n\n".join(parts)
 
 
