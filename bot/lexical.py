@@ -71,7 +71,7 @@ class Lexicon:
 
 def group_by_term(terms: np.ndarray, vocab_size: int) -> np.ndarray:
     """`np.argsort(terms, kind="stable")`, fast: numpy radix-sorts 16-bit keys, so sort by 16-bit
-    digits (one pass, or two for a bigger vocabulary). On int64 keys the sort was 2/3 of a view rebuild."""
+    digits (one pass, or two for a bigger vocabulary). On int64 keys the sort was 2/3 of building BM25."""
     if vocab_size <= 1 << 16:
         return np.argsort(terms.astype(np.uint16), kind="stable")
     if vocab_size > 1 << 32:
