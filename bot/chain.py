@@ -22,7 +22,7 @@ from langchain_core.runnables import RunnableGenerator, RunnableLambda
 from bot import demo, dialogue, prompts
 from bot.config import Settings
 from bot.generation import GenerationStats, Generator
-from bot.grounding import best_sentences, cited_numbers, copied_share, proper_names, unsupported
+from bot.grounding import asked_value, best_sentences, carries, cited_numbers, copied_share, proper_names, unsupported
 from bot.retrieval import KnowledgeRetriever, Passage
 
 @dataclass
@@ -46,6 +46,11 @@ class Answer:
 def _source(p: Passage, cited: bool) -> dict:
     return {"n": p.n, "source": p.source, "section": p.section, "score": round(p.score, 4),
             "text": p.text, "cited": cited, "also_in": list(p.also_in)}
+
+
+def _holding_asked_value(passages: list[Passage], kind: str, threshold: float) -> list[Passage]:
+    """The relevant passages that hold a value of the kind asked for (`grounding.asked_value`)."""
+    return [p for p in passages if p.score >= threshold and carries(p.text, kind)]
 
 
 def _renumber(passages: list[Passage]) -> list[Passage]:
@@ -152,8 +157,14 @@ class SupportChain:
         frames = (voice.opener, voice.closer, *demo.FRAMES) if is_demo else (voice.opener, voice.closer)
         uncopied = bool(min_copied) and copied_share(generated, [p.text for p in shown], frames) < min_copied
         text, kind = generated, "answer"
-        if not stats.stopped and (not generated or uncopied or (flagged and cs.grounding == "fallback")):
-            best = max(passages, key=lambda p: p.score)  # retrieval ranks better than a small model cites
+        asked = asked_value(state["question"])
+        holding = _holding_asked_value(passages, asked, self.settings.retrieval.threshold)
+        require = cs.require_asked_value if cs.require_asked_value >= 0 else is_demo
+        unanswered = bool(require and asked and holding) and not carries(generated, asked)
+        if not stats.stopped and (not generated or uncopied or unanswered or (flagged and cs.grounding == "fallback")):
+            # retrieval ranks better than a small model cites: quote the closest passage, one that
+            # holds the kind of value asked for where there is one
+            best = max((holding if cs.quote_asked_value else []) or passages, key=lambda p: p.score)
             text = voice.frame(prompts.fallback_text(best_sentences(best.text, state["question"]), best.n))
             kind, cited = "fallback", [best.n]
         timings["total_s"] = round(time.perf_counter() - state["t0"], 4)

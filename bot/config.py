@@ -68,6 +68,13 @@ class ChainSettings:
                                 "the question (0: whole passages; -1: 2 for the embedded demo model, else 0)")
     min_copied: float = _f(-1.0, "an answer whose word pairs occur in the passages less than this share is replaced "
                            "by a quote (0: off; -1: 0.5 for the embedded demo model, which is trained to copy, else off)")
+    require_asked_value: int = _f(-1, "an answer without the kind of value its question asks for (a price for 'how "
+                                  "much', a phone number for 'phone'), where a relevant passage has one, is replaced "
+                                  "by a quote (1: on; 0: off; -1: on for the embedded demo model only: real models "
+                                  "may write a value in words)")
+    quote_asked_value: bool = _f(True, "an answer that falls back to a quote quotes the closest relevant passage that "
+                                 "holds the kind of value asked for (a price for 'how much', a phone number for "
+                                 "'phone'), not simply the closest")
     copy_digits: bool = _f(True, "where the answer follows a passage's wording into a number, copy the "
                            "passage's digits (copy-friendly decoding; see bot/copying.py)")
     handoff_query: str = _f("contact support email phone hours", "search that finds the contact details offered on a hand-off")

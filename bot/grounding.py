@@ -173,3 +173,27 @@ def best_sentences(passage: str, question: str, limit: int = 2) -> str:
     ranked = sorted(range(len(found)), key=lambda i: (-weight(i), i))
     keep = sorted(ranked[:limit])
     return " ".join(found[i] for i in keep)
+
+
+# What kind of value a question asks for, and what a text carrying one looks like. The classic
+# answer-type match of question answering: "How much is one room sensor?" wants a price, so a
+# passage about the sensor's battery is not the one to answer from, however close its words.
+_ASKS = [
+    ("email", re.compile(r"\be-?mail\b", re.I), EMAIL),
+    ("phone", re.compile(r"\b(?:phone|call|telephone)\b", re.I), PHONE),
+    ("price", re.compile(r"\bhow much\b|\bcosts?\b|\bprices?\b|\bfees?\b|\bcharged?\b", re.I), MONEY),
+    ("duration", re.compile(r"\bhow long\b|\bhow many (?:days|weeks|months|years|hours|minutes)\b|\bhow old\b", re.I),
+     re.compile(r"\b\d[\d,.]*\s*(?:-|to)?\s*(?:business\s+|calendar\s+)?"
+                r"(?:days?|weeks?|months?|years?|hours?|minutes?)\b", re.I)),
+    ("count", re.compile(r"\bhow many\b", re.I), NUMBER),
+]
+
+
+def asked_value(question: str) -> str:
+    """The kind of value `question` asks for (email, phone, price, duration, count), or ""."""
+    return next((kind for kind, asks, _ in _ASKS if asks.search(question)), "")
+
+
+def carries(text: str, kind: str) -> bool:
+    """Whether `text` holds a value of that kind (always True for kind "")."""
+    return not kind or bool(next(found for k, _, found in _ASKS if k == kind).search(text))

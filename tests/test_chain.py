@@ -126,6 +126,32 @@ def test_an_answer_not_made_of_the_passages_words_is_quoted_instead_when_asked(
         assert "$4.99" in answer.text and "Here is what our help center says" in answer.text
 
 
+@pytest.mark.parametrize("require, kind", [(1, "fallback"), (0, "answer")])
+def test_an_answer_without_the_value_asked_for_is_quoted_instead_when_asked(
+        tiny_base, adapters, index_dir, embeddings, require, kind):
+    """`sunny` answers a price question with its greeting, no price in it, while the passages hold
+    one: with chain.require_asked_value the reply is replaced by a quote that has the price."""
+    bot = make_bot(tiny_base, adapters, index_dir, embeddings, require_asked_value=require, min_copied=0.0,
+                   grounding="off")
+    answer = bot.chain.ask(PRICE_Q, adapter="sunny")
+    assert "$" not in answer.generated and answer.kind == kind
+    assert ("$4.99" in answer.text) == (kind == "fallback")
+
+
+@pytest.mark.parametrize("quote_asked_value", [True, False])
+def test_the_quote_comes_from_the_closest_passage_that_holds_the_value_asked_for(
+        tiny_base, adapters, index_dir, embeddings, quote_asked_value):
+    """On the shipped help center the closest passage to this question is about the sensor's
+    battery; the price is in the second."""
+    bot = make_bot(tiny_base, adapters, index_dir, embeddings, require_asked_value=1, min_copied=0.0,
+                   grounding="off", quote_asked_value=quote_asked_value)
+    answer = bot.chain.ask("How much is one room sensor?", adapter="sunny")
+    first, second = answer.sources[:2]
+    assert "$" not in first["text"] and "$39" in second["text"]
+    assert answer.kind == "fallback" and ("$39" in answer.text) == quote_asked_value
+    assert [s["n"] for s in answer.sources if s["cited"]] == [second["n"] if quote_asked_value else first["n"]]
+
+
 def test_grounding_flag_mode_keeps_the_answer_and_lists_the_values(tiny_base, adapters, index_dir, embeddings):
     flagging = make_bot(tiny_base, adapters, index_dir, embeddings, grounding="flag", copy_digits=False)
     answer = flagging.chain.ask(PRICE_Q, adapter="liar")

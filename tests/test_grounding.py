@@ -80,3 +80,21 @@ COPY_PASSAGE = "Invitations expire after 7 days. A home can have up to 8 members
 ])
 def test_copied_share_of_word_pairs(answer, frames, low, high):
     assert low <= copied_share(answer, [COPY_PASSAGE], frames) <= high
+
+
+@pytest.mark.parametrize("question, kind, holds, lacks", [
+    ("How much is one room sensor?", "price", "Room sensors cost $39 each.", "The battery lasts about 2 years."),
+    ("What does Premium cost per year?", "price", "Premium is €99 a year.", "Premium covers up to 10 homes."),
+    ("What is your support phone number?", "phone", "Call +1 (555) 010-4477.", "Set up 2FA on your new phone."),
+    ("Which e-mail address do I write to?", "email", "Write to help@fernway.example.", "We answer e-mail within a day."),
+    ("How long is the free trial?", "duration", "The trial lasts 30 days.", "We send a reminder before it ends."),
+    ("How many days do I have to return it?", "duration", "Returns within 60 days.", "Returns are free."),
+    ("How many backup codes do I get?", "count", "You get 10 backup codes.", "Keep your backup codes safe."),
+    ("Can I use Alexa with my thermostat?", "", "Alexa works with it.", ""),
+])
+def test_the_kind_of_value_a_question_asks_for(question, kind, holds, lacks):
+    from bot.grounding import asked_value, carries
+
+    assert asked_value(question) == kind
+    assert carries(holds, kind)
+    assert carries(lacks, kind) is (kind == "")
