@@ -165,7 +165,8 @@ class SupportChain:
             # retrieval ranks better than a small model cites: quote the closest passage, one that
             # holds the kind of value asked for where there is one
             best = max((holding if cs.quote_asked_value else []) or passages, key=lambda p: p.score)
-            text = voice.frame(prompts.fallback_text(best_sentences(best.text, state["question"]), best.n))
+            quote = best_sentences(best.text, state["question"], kind=asked if cs.quote_asked_value else "")
+            text = voice.frame(prompts.fallback_text(quote, best.n))
             kind, cited = "fallback", [best.n]
         timings["total_s"] = round(time.perf_counter() - state["t0"], 4)
         yield {"type": "answer", "answer": Answer(

@@ -156,11 +156,12 @@ def sentences(text: str, min_chars: int = 3) -> list[str]:
     return [s.strip() for s in re.split(r"(?<=[.!?])\s+|\n+", text) if len(s.strip()) >= min_chars]
 
 
-def best_sentences(passage: str, question: str, limit: int = 2) -> str:
+def best_sentences(passage: str, question: str, limit: int = 2, kind: str = "") -> str:
     """The `limit` sentences of `passage` that share most words with `question`, in passage order.
 
     A sentence that carries a value (a number, an e-mail) weighs half a shared word more: support
-    questions mostly ask for one ("How much is Plus?" is answered by "- $4.99 per month").
+    questions mostly ask for one ("How much is Plus?" is answered by "- $4.99 per month"). Given
+    the `kind` of value asked for (`asked_value`), a sentence holding one weighs a whole word more.
     """
     found = sentences(passage)
     if not found:
@@ -169,7 +170,8 @@ def best_sentences(passage: str, question: str, limit: int = 2) -> str:
 
     def weight(i: int) -> float:
         s = found[i]
-        return len(q & set(tokenize(s))) + 0.5 * bool(NUMBER.search(s) or EMAIL.search(s))
+        bonus = float(carries(s, kind)) if kind else 0.5 * bool(NUMBER.search(s) or EMAIL.search(s))
+        return len(q & set(tokenize(s))) + bonus
     ranked = sorted(range(len(found)), key=lambda i: (-weight(i), i))
     keep = sorted(ranked[:limit])
     return " ".join(found[i] for i in keep)
@@ -185,7 +187,7 @@ _ASKS = [
     ("duration", re.compile(r"\bhow long\b|\bhow many (?:days|weeks|months|years|hours|minutes)\b|\bhow old\b", re.I),
      re.compile(r"\b\d[\d,.]*\s*(?:-|to)?\s*(?:business\s+|calendar\s+)?"
                 r"(?:days?|weeks?|months?|years?|hours?|minutes?)\b", re.I)),
-    ("count", re.compile(r"\bhow many\b", re.I), NUMBER),
+    ("count", re.compile(r"\bhow many\b", re.I), re.compile(r"(?<![\w.])\d[\d,]*(?:\.\d+)?(?!\w)")),  # not "2FA"
 ]
 
 
@@ -195,5 +197,5 @@ def asked_value(question: str) -> str:
 
 
 def carries(text: str, kind: str) -> bool:
-    """Whether `text` holds a value of that kind (always True for kind "")."""
-    return not kind or bool(next(found for k, _, found in _ASKS if k == kind).search(text))
+    """Whether `text` holds a value of that kind (always True for kind ""); citations do not count."""
+    return not kind or bool(next(found for k, _, found in _ASKS if k == kind).search(CITATION.sub("", text)))

@@ -57,6 +57,14 @@ def test_proper_names_are_capitalised_mid_sentence_words():
     assert {"Plus", "Premium"} <= names and "Free" not in names and "Shipping" not in names
 
 
+def test_best_sentences_prefer_the_kind_of_value_asked_for():
+    text = ("New accounts can try Premium free for 30 days. The trial starts when you tap Start free trial in the "
+            "app. At the end of the trial you move to the Free plan; we send a reminder 3 days before the trial ends.")
+    question = "How long is the free trial?"
+    assert "30 days" not in best_sentences(text, question)
+    assert best_sentences(text, question, kind="duration").startswith("New accounts can try Premium free for 30 days.")
+
+
 def test_best_sentences_picks_the_ones_about_the_question():
     text = "We ship to Canada. Plus costs $4.99 per month. Returns take 60 days."
     assert best_sentences(text, "How much does Plus cost per month?", limit=1) == "Plus costs $4.99 per month."
@@ -89,7 +97,7 @@ def test_copied_share_of_word_pairs(answer, frames, low, high):
     ("Which e-mail address do I write to?", "email", "Write to help@fernway.example.", "We answer e-mail within a day."),
     ("How long is the free trial?", "duration", "The trial lasts 30 days.", "We send a reminder before it ends."),
     ("How many days do I have to return it?", "duration", "Returns within 60 days.", "Returns are free."),
-    ("How many backup codes do I get?", "count", "You get 10 backup codes.", "Keep your backup codes safe."),
+    ("How many backup codes do I get?", "count", "You get 10 backup codes.", "Set up 2FA on your new phone [1]."),
     ("Can I use Alexa with my thermostat?", "", "Alexa works with it.", ""),
 ])
 def test_the_kind_of_value_a_question_asks_for(question, kind, holds, lacks):
