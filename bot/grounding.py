@@ -183,7 +183,9 @@ def best_sentences(passage: str, question: str, limit: int = 2, kind: str = "") 
 _ASKS = [
     ("email", re.compile(r"\be-?mail\b", re.I), EMAIL),
     ("phone", re.compile(r"\b(?:phone|call|telephone)\b", re.I), PHONE),
-    ("price", re.compile(r"\bhow much\b|\bcosts?\b|\bprices?\b|\bfees?\b|\bcharged?\b", re.I), MONEY),
+    # "how much is/does..." asks a price; "how much run time..." asks a quantity
+    ("price", re.compile(r"\bhow much (?:is|are|was|were|does|do|did|will|would|should|can|could)\b"
+                         r"|\bcosts?\b|\bprices?\b|\bfees?\b", re.I), MONEY),
     ("duration", re.compile(r"\bhow long\b|\bhow many (?:days|weeks|months|years|hours|minutes)\b|\bhow old\b", re.I),
      re.compile(r"\b\d[\d,.]*\s*(?:-|to)?\s*(?:business\s+|calendar\s+)?"
                 r"(?:days?|weeks?|months?|years?|hours?|minutes?)\b", re.I)),

@@ -99,6 +99,8 @@ def test_copied_share_of_word_pairs(answer, frames, low, high):
     ("How many days do I have to return it?", "duration", "Returns within 60 days.", "Returns are free."),
     ("How many backup codes do I get?", "count", "You get 10 backup codes.", "Set up 2FA on your new phone [1]."),
     ("Can I use Alexa with my thermostat?", "", "Alexa works with it.", ""),
+    ("How much run time did homes save?", "", "Homes saved 15% of run time.", ""),
+    ("How do I charge the sensor?", "", "It takes a coin battery.", ""),
 ])
 def test_the_kind_of_value_a_question_asks_for(question, kind, holds, lacks):
     from bot.grounding import asked_value, carries
