@@ -111,23 +111,34 @@ def save_generation(work: Path, vs, manifest: Manifest, base: tuple[Path, Layout
     """Write `vs` into the work folder: as a delta over `base` (the live generation) where it pays."""
     ids = [vs.index_to_docstore_id[i] for i in range(vs.index.ntotal)]
     layout = _delta(base[1], ids) if base is not None else None
+    if layout is not None:
+        try:
+            _write_delta(work, vs, ids, layout, base)
+        except FileNotFoundError as err:  # the live generation lost a file since it was read: `vs` has it all
+            log.warning("%s is gone from the live index; writing the index whole", err.filename)
+            for path in work.glob("seg-*"):
+                path.unlink()
+            layout = None
     if layout is None:  # compact: the whole index as one segment
         layout = Layout([Segment(_segment_name(), tuple(ids))] if ids else [])
         if ids:
             _write_segment(work, layout.segments[0].name, vs, list(range(len(ids))))
-    else:
-        written = {s.name for s in base[1].segments}
-        for seg in layout.segments:
-            if seg.name in written:
-                for suffix in (".faiss", ".json"):
-                    _link(base[0] / f"{seg.name}{suffix}", work / f"{seg.name}{suffix}")
-            else:
-                new = set(seg.ids)
-                _write_segment(work, seg.name, vs, [p for p, i in enumerate(ids) if i in new])
     spec = {"version": FORMAT_VERSION, "segments": [{"name": s.name, "dead": sorted(s.dead)} for s in layout.segments]}
     _fsync_write(work / "segments.json", json.dumps(spec).encode())
     _write_manifest(work / "files.json", manifest)
     return layout
+
+
+def _write_delta(work: Path, vs, ids: list[str], layout: Layout, base: tuple[Path, Layout]) -> None:
+    """Hard-link the segments `layout` shares with `base`, and write its new one."""
+    written = {s.name for s in base[1].segments}
+    for seg in layout.segments:
+        if seg.name in written:
+            for suffix in (".faiss", ".json"):
+                _link(base[0] / f"{seg.name}{suffix}", work / f"{seg.name}{suffix}")
+        else:
+            new = set(seg.ids)
+            _write_segment(work, seg.name, vs, [p for p, i in enumerate(ids) if i in new])
 
 
 def _delta(previous: Layout, ids: list[str]) -> Layout | None:

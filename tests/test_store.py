@@ -90,3 +90,15 @@ def test_a_damaged_generation_says_so_and_the_next_sync_rebuilds_it(make_kb, emb
     kb._view = None
     make_kb().sync()
     assert index_content(make_kb()) == clean_build(kb.settings.kb, tmp_path / "clean", embeddings)
+
+
+def test_a_segment_lost_from_the_live_generation_is_written_again_from_memory(make_kb, embeddings, tmp_path):
+    kb = make_kb(PAGES)
+    kb.sync()
+    kb.view()
+    (seg,) = segments(kb.store.current())
+    (kb.store.current() / f"{seg['name']}.faiss").unlink()  # damage after the view was loaded
+    write(kb.settings.kb / "page2.md", "# Page 2\n\nItem 2 is back in stock.")
+    kb.sync()
+    assert len(segments(kb.store.current())) == 1  # written whole, not linked to the lost file
+    assert index_content(make_kb()) == clean_build(kb.settings.kb, tmp_path / "clean", embeddings)
