@@ -193,11 +193,26 @@ _ASKS = [
 ]
 
 
+_COUNTED = re.compile(r"\bhow many\s+([a-z][\w-]*)", re.I)
+
+
 def asked_value(question: str) -> str:
-    """The kind of value `question` asks for (email, phone, price, duration, count), or ""."""
-    return next((kind for kind, asks, _ in _ASKS if asks.search(question)), "")
+    """The kind of value `question` asks for (email, phone, price, duration, count), or "".
+
+    A count names what it counts where the question does: "How many backup codes..." gives
+    "count backup", answered by "10 backup codes" and not by "3 business days".
+    """
+    kind = next((kind for kind, asks, _ in _ASKS if asks.search(question)), "")
+    counted = _COUNTED.search(question) if kind == "count" else None
+    noun = tokenize(counted.group(1)) if counted else []
+    return f"count {noun[0]}" if noun else kind
 
 
 def carries(text: str, kind: str) -> bool:
     """Whether `text` holds a value of that kind (always True for kind ""); citations do not count."""
-    return not kind or bool(next(found for k, _, found in _ASKS if k == kind).search(CITATION.sub("", text)))
+    if not kind:
+        return True
+    name, _, noun = kind.partition(" ")
+    found = next(pattern for k, _, pattern in _ASKS if k == name).finditer(CITATION.sub("", text))
+    # a counted noun must follow its number within three words: "up to 10 backup codes"
+    return any(not noun or noun in tokenize(" ".join(text[m.end():].split()[:3])) for m in found)
