@@ -213,6 +213,7 @@ def carries(text: str, kind: str) -> bool:
     if not kind:
         return True
     name, _, noun = kind.partition(" ")
-    found = next(pattern for k, _, pattern in _ASKS if k == name).finditer(CITATION.sub("", text))
+    text = CITATION.sub("", text)
+    found = next(pattern for k, _, pattern in _ASKS if k == name).finditer(text)
     # a counted noun must follow its number within three words: "up to 10 backup codes"
     return any(not noun or noun in tokenize(" ".join(text[m.end():].split()[:3])) for m in found)

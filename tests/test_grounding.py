@@ -99,6 +99,7 @@ def test_copied_share_of_word_pairs(answer, frames, low, high):
     ("How many days do I have to return it?", "duration", "Returns within 60 days.", "Returns are free."),
     ("How many backup codes do I get?", "count backup", "You get 10 backup codes.", "Set up 2FA on your new phone [1]."),
     ("How many backup codes do I get?", "count backup", "Up to 10 new backup codes.", "Recovery takes 3 business days."),
+    ("How many backup codes do I get?", "count backup", "See [1] [2] [3]: 10 backup codes.", "[12] backup codes are kept."),
     ("How many can I add?", "count", "You can add 5.", "You can add as many as you like."),
     ("Can I use Alexa with my thermostat?", "", "Alexa works with it.", ""),
     ("How much run time did homes save?", "", "Homes saved 15% of run time.", ""),
