@@ -146,7 +146,7 @@ class KnowledgeBase:
             )
         k = self.settings.knowledge
         live = self.store.current()  # read outside the lock, as a stat cache only: a stat -> sha256 fact holds in any generation
-        manifest = self._manifest_of(live) if live is not None and not rebuild else Manifest()
+        manifest = self._manifest_of(live, rebuild)
         try:
             cache = manifest.files if manifest.signature == self.params.signature else None
             scan = scan_folder(root, k.extensions, int(k.max_file_mb * 2**20), cache)
@@ -160,7 +160,7 @@ class KnowledgeBase:
         with self.store.writer():
             if self.store.current() != live:  # another process synced meanwhile
                 live = self.store.current()
-                manifest = self._manifest_of(live) if live is not None and not rebuild else Manifest()
+                manifest = self._manifest_of(live, rebuild)
             fresh = manifest.signature == self.params.signature
             known = manifest.files if fresh else {}
 
@@ -303,8 +303,11 @@ class KnowledgeBase:
                 return False
         return True
 
-    def _manifest_of(self, gen: Path) -> Manifest:
-        """The generation's file list, read again only when files.json is another file (3 ms at 1,000 files)."""
+    def _manifest_of(self, gen: Path | None, rebuild: bool = False) -> Manifest:
+        """The generation's file list, read again only when files.json is another file (3 ms at 1,000
+        files); an empty one with no generation or for a rebuild."""
+        if gen is None or rebuild:
+            return Manifest()
         try:
             key = (gen.name, stat_key((gen / "files.json").stat()))
         except OSError:

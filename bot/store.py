@@ -216,6 +216,8 @@ def load_generation(gen: Path, embeddings, dim: int):
             passages += [seg_passages[p] for p in keep]
             vectors.append(index.reconstruct_n(0, index.ntotal)[keep] if keep else np.zeros((0, dim), np.float32))
             segments.append(Segment(name, tuple(seg_ids), dead))
+        if len(set(ids)) != len(ids):
+            raise ValueError("a passage in two segments")
         files = json.loads((gen / "files.json").read_text(encoding="utf-8"))
     except FileNotFoundError as err:
         legacy = (gen / "passages.json").is_file()
@@ -227,9 +229,6 @@ def load_generation(gen: Path, embeddings, dim: int):
         raise KnowledgeBaseError(
             f"the index in {gen} is damaged ({err})", "run `supportbot sync --rebuild` to build it again"
         ) from None
-    if len(set(ids)) != len(ids):
-        raise KnowledgeBaseError(f"the index in {gen} is damaged (a passage in two segments)",
-                                 "run `supportbot sync --rebuild` to build it again")
     vs = new_faiss(embeddings, dim)
     if ids:
         vs.index.add(np.concatenate(vectors))
