@@ -22,7 +22,8 @@ from langchain_core.runnables import RunnableGenerator, RunnableLambda
 from bot import demo, dialogue, prompts
 from bot.config import Settings
 from bot.generation import GenerationStats, Generator
-from bot.grounding import asked_value, best_sentences, carries, cited_numbers, copied_share, proper_names, unsupported
+from bot.grounding import (asked_value, best_fit, best_sentences, carries, cited_numbers, copied_share, fit,
+                           proper_names, term_weights, unsupported, without_frames)
 from bot.retrieval import KnowledgeRetriever, Passage
 
 @dataclass
@@ -48,9 +49,8 @@ def _source(p: Passage, cited: bool) -> dict:
             "text": p.text, "cited": cited, "also_in": list(p.also_in)}
 
 
-def _holding_asked_value(passages: list[Passage], kind: str, threshold: float) -> list[Passage]:
-    """The relevant passages that hold a value of the kind asked for (`grounding.asked_value`)."""
-    return [p for p in passages if p.score >= threshold and carries(p.text, kind)]
+def _heading(p: Passage) -> str:
+    return f"{p.title} {p.section}"
 
 
 def _renumber(passages: list[Passage]) -> list[Passage]:
@@ -156,16 +156,30 @@ class SupportChain:
             if cs.grounding != "off" else []
         frames = (voice.opener, voice.closer, *demo.FRAMES) if is_demo else (voice.opener, voice.closer)
         uncopied = bool(min_copied) and copied_share(generated, [p.text for p in shown], frames) < min_copied
-        text, kind = generated, "answer"
-        asked = asked_value(state["question"])
-        holding = _holding_asked_value(passages, asked, self.settings.retrieval.threshold)
-        require = cs.require_asked_value if cs.require_asked_value >= 0 else is_demo
-        unanswered = bool(require and asked and holding) and not carries(generated, asked)
-        if not stats.stopped and (not generated or uncopied or unanswered or (flagged and cs.grounding == "fallback")):
-            # retrieval ranks better than a small model cites: quote the closest passage, one that
-            # holds the kind of value asked for where there is one
-            best = max((holding if cs.quote_asked_value else []) or passages, key=lambda p: p.score)
-            quote = best_sentences(best.text, state["question"], kind=asked if cs.quote_asked_value else "")
+        text, kind, question = generated, "answer", state["question"]
+        asked = asked_value(question)
+        # any passage shown, not only those over the threshold: the fused ranking put them here,
+        # and "return ... within 60 days" may sit at cosine 0.27 under a question about returns
+        holding = [p for p in passages if carries(p.text, asked)] if asked else []
+        on = lambda flag: flag if flag >= 0 else is_demo  # noqa: E731 (-1: the demo model only)
+        unanswered = bool(on(cs.require_asked_value) and asked and holding) and not carries(generated, asked)
+        # retrieval ranks better than a small model cites, and a sentence naming what was asked
+        # better than either: quote the passage whose sentence fits the question best, among
+        # those holding the kind of value asked for where there are any
+        kind_asked = asked if cs.quote_asked_value else ""
+        pool = (holding if kind_asked else []) or passages
+        weights = term_weights([f"{_heading(p)} {p.text}" for p in passages])
+        fits = {p.n: best_fit(p.text, question, kind_asked, _heading(p), weights) for p in pool}
+        best = max(pool, key=lambda p: (fits[p.n], p.score))
+        # the answer is credited with the headings of the passages its values come from, not of
+        # those it cites: "$4.99 [1]" under the heading Premium is still the Plus price
+        origin = [p for p in passages if not unsupported(generated, [p.text])] or evidence
+        misfit = bool(on(cs.require_closest) and asked and holding) and fit(
+            without_frames(generated, frames), question, asked, " ".join(_heading(p) for p in origin),
+            weights) < fits[best.n]
+        if not stats.stopped and (not generated or uncopied or unanswered or misfit
+                                  or (flagged and cs.grounding == "fallback")):
+            quote = best_sentences(best.text, question, kind=kind_asked, heading=_heading(best))
             text = voice.frame(prompts.fallback_text(quote, best.n))
             kind, cited = "fallback", [best.n]
         timings["total_s"] = round(time.perf_counter() - state["t0"], 4)

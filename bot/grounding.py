@@ -8,6 +8,7 @@ flagged. Plain functions: tested without a model.
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -109,9 +110,7 @@ def copied_share(answer: str, passages: list[str], frames: tuple[str, ...] = ())
     For a model trained to copy (the embedded demo), a reply that is not made of the passages'
     words is broken ("we deleted wire to help!"), whatever values it happens to hold.
     """
-    for frame in filter(None, frames):
-        answer = answer.replace(frame, " ")
-    words = _words(answer)
+    words = _words(without_frames(answer, frames))
     pairs = list(zip(words, words[1:])) or [(w,) for w in words]  # one word: look it up alone
     if not pairs:
         return 0.0
@@ -120,6 +119,13 @@ def copied_share(answer: str, passages: list[str], frames: tuple[str, ...] = ())
         w = _words(text)
         have |= set(zip(w, w[1:])) | {(x,) for x in w}
     return sum(p in have for p in pairs) / len(pairs)
+
+
+def without_frames(text: str, frames: tuple[str, ...]) -> str:
+    """`text` with each of the fixed phrases `frames` (a voice's opener and closer) blanked out."""
+    for frame in filter(None, frames):
+        text = text.replace(frame, " ")
+    return text
 
 
 def cited_numbers(answer: str, count: int) -> list[int]:
@@ -156,25 +162,50 @@ def sentences(text: str, min_chars: int = 3) -> list[str]:
     return [s.strip() for s in re.split(r"(?<=[.!?])\s+|\n+", text) if len(s.strip()) >= min_chars]
 
 
-def best_sentences(passage: str, question: str, limit: int = 2, kind: str = "") -> str:
+def best_sentences(passage: str, question: str, limit: int = 2, kind: str = "", heading: str = "") -> str:
     """The `limit` sentences of `passage` that share most words with `question`, in passage order.
 
     A sentence that carries a value (a number, an e-mail) weighs half a shared word more: support
     questions mostly ask for one ("How much is Plus?" is answered by "- $4.99 per month"). Given
     the `kind` of value asked for (`asked_value`), a sentence holding one weighs a whole word more.
+    The passage's `heading` ("Pricing > Premium") counts as words of each of its sentences.
     """
     found = sentences(passage)
     if not found:
         return passage.strip()
-    q = set(tokenize(question))
-
-    def weight(i: int) -> float:
-        s = found[i]
-        bonus = float(carries(s, kind)) if kind else 0.5 * bool(NUMBER.search(s) or EMAIL.search(s))
-        return len(q & set(tokenize(s))) + bonus
-    ranked = sorted(range(len(found)), key=lambda i: (-weight(i), i))
+    q, head = _content_terms(question, kind), frozenset(tokenize(heading))
+    weights = [_fit(s, q, kind, head) for s in found]
+    ranked = sorted(range(len(found)), key=lambda i: (-weights[i], i))
     keep = sorted(ranked[:limit])
     return " ".join(found[i] for i in keep)
+
+
+def term_weights(texts: list[str]) -> dict[str, float]:
+    """What each word tells apart among these `texts`: 1 for a word only one of them has, down to
+    log(2) / log(1 + n) for one all n have ("thermostat" on a thermostat maker's pages)."""
+    df = Counter(t for text in texts for t in set(tokenize(text)))
+    n = len(texts)
+    return {t: math.log(1 + n / d) / math.log(1 + n) for t, d in df.items()}
+
+
+def fit(text: str, question: str, kind: str = "", heading: str = "", weights: dict[str, float] | None = None) -> float:
+    """How closely `text` answers `question`: the question's words it (or its `heading`) shares,
+    each counted at its `term_weights` (default 1), plus one for holding the `kind` of value asked
+    for (half for any value, without a kind)."""
+    return _fit(text, _content_terms(question, kind), kind, frozenset(tokenize(heading)), weights)
+
+
+def best_fit(passage: str, question: str, kind: str = "", heading: str = "",
+             weights: dict[str, float] | None = None) -> float:
+    """The `fit` of the passage's closest sentence (0 for an empty passage)."""
+    q, head = _content_terms(question, kind), frozenset(tokenize(heading))
+    return max((_fit(s, q, kind, head, weights) for s in sentences(passage)), default=0.0)
+
+
+def _fit(sentence: str, q: set[str], kind: str, heading: frozenset[str], weights: dict[str, float] | None = None) -> float:
+    bonus = float(carries(sentence, kind)) if kind else 0.5 * bool(NUMBER.search(sentence) or EMAIL.search(sentence))
+    shared = q & (set(tokenize(sentence)) | heading)
+    return (sum(weights.get(t, 1.0) for t in shared) if weights else len(shared)) + bonus
 
 
 # What kind of value a question asks for, and what a text carrying one looks like. The classic
@@ -193,27 +224,39 @@ _ASKS = [
 ]
 
 
-_COUNTED = re.compile(r"\bhow many\s+([a-z][\w-]*)", re.I)
+_COUNTED = re.compile(r"\bhow many\s+((?:[a-z][\w-]*\s*){1,3})", re.I)
 
 
 def asked_value(question: str) -> str:
     """The kind of value `question` asks for (email, phone, price, duration, count), or "".
 
     A count names what it counts where the question does: "How many backup codes..." gives
-    "count backup", answered by "10 backup codes" and not by "3 business days".
+    "count backup code", answered by "10 backup codes" and not by "3 business days".
     """
     kind = next((kind for kind, asks, _ in _ASKS if asks.search(question)), "")
     counted = _COUNTED.search(question) if kind == "count" else None
-    noun = tokenize(counted.group(1)) if counted else []
-    return f"count {noun[0]}" if noun else kind
+    noun = []
+    for word in (counted.group(1).split() if counted else []):  # the noun phrase ends at "can", "do"...
+        if not tokenize(word):
+            break
+        noun += tokenize(word)
+    return " ".join(["count", *noun]) if noun else kind
 
 
 def carries(text: str, kind: str) -> bool:
     """Whether `text` holds a value of that kind (always True for kind ""); citations do not count."""
     if not kind:
         return True
-    name, _, noun = kind.partition(" ")
+    name, *noun = kind.split()
     text = CITATION.sub("", text)
     found = next(pattern for k, _, pattern in _ASKS if k == name).finditer(text)
     # a counted noun must follow its number within three words: "up to 10 backup codes"
-    return any(not noun or noun in tokenize(" ".join(text[m.end():].split()[:3])) for m in found)
+    return any(not noun or set(noun) & set(tokenize(" ".join(text[m.end():].split()[:3]))) for m in found)
+
+
+def _content_terms(question: str, kind: str) -> set[str]:
+    """The question's words less those that ask for the kind of value ("how long", "cost"): the
+    kind bonus already counts them, and "long" should not pull in a section "How long we keep data"."""
+    name = kind.split(" ", 1)[0]
+    asks = next((a for k, a, _ in _ASKS if k == name), None)
+    return set(tokenize(asks.sub(" ", question) if asks else question))

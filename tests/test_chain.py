@@ -15,6 +15,7 @@ from bot.prompts import answer_messages
 from conftest import SHIPPED_KB, load_tiny, train_voice, write
 
 PRICE_Q = "How much is the Plus plan per month?"
+PREMIUM_Q = "How much is the Premium plan per month?"
 PARAPHRASES = [PRICE_Q, "What does the Plus plan cost per month?", "Plus plan monthly price?"]
 
 
@@ -40,7 +41,8 @@ def make_bot(tiny_base, adapters, data, embeddings, kb=SHIPPED_KB, **chain):
 @pytest.fixture(scope="module")
 def adapters(tiny_base, voices_dir, index_dir, embeddings, tmp_path_factory):
     """sunny and formal, plus two adapters trained on the real chain prompt for the Plus price:
-    `truthful` copies the price and cites its passage, `liar` states a price no passage has."""
+    `truthful` copies the price and cites its passage, `liar` states a price no passage has; and
+    `stuck`, which answers the Premium price question with the Plus price, citing the Plus passage."""
     root = tmp_path_factory.mktemp("chain-adapters")
     for name in ("sunny", "formal"):
         shutil.copytree(voices_dir / name, root / name)
@@ -52,6 +54,10 @@ def adapters(tiny_base, voices_dir, index_dir, embeddings, tmp_path_factory):
         prompts.append(answer_messages(q, result.passages))
     train_voice(tiny_base, root / "truthful", f"The Plus plan costs $4.99 per month [{n}].", prompts, steps=80)
     train_voice(tiny_base, root / "liar", f"The Plus plan costs $7.77 per month [{n}].", prompts, steps=80)
+    premium = probe.kb.search(PREMIUM_Q).passages
+    plus = next(p.n for p in premium if "$4.99" in p.text)
+    train_voice(tiny_base, root / "stuck", f"The Plus plan costs $4.99 per month [{plus}].",
+                [answer_messages(PREMIUM_Q, premium)], steps=60)
     return root
 
 
@@ -150,6 +156,20 @@ def test_the_quote_comes_from_the_closest_passage_that_holds_the_value_asked_for
     assert "$" not in first["text"] and "$39" in second["text"]
     assert answer.kind == "fallback" and ("$39" in answer.text) == quote_asked_value
     assert [s["n"] for s in answer.sources if s["cited"]] == [second["n"] if quote_asked_value else first["n"]]
+
+
+@pytest.mark.parametrize("require_closest, kind", [(1, "fallback"), (0, "answer")])
+def test_an_answer_about_another_plan_is_quoted_instead_when_asked(
+        tiny_base, adapters, index_dir, embeddings, require_closest, kind):
+    """`stuck` answers the Premium question with the Plus price: a true value of the passage it
+    cites, so the grounding check passes it. A sentence under the heading "Premium" fits the
+    question better, and with chain.require_closest the reply is replaced by its quote."""
+    bot = make_bot(tiny_base, adapters, index_dir, embeddings, require_closest=require_closest, min_copied=0.0)
+    answer = bot.chain.ask(PREMIUM_Q, adapter="stuck")
+    assert "$4.99" in answer.generated and not answer.flagged and answer.kind == kind
+    assert ("$9.99" in answer.text) == (kind == "fallback") and ("$4.99" in answer.text) == (kind == "answer")
+    if kind == "fallback":
+        assert [s["section"] for s in answer.sources if s["cited"]] == ["Premium"]
 
 
 def test_grounding_flag_mode_keeps_the_answer_and_lists_the_values(tiny_base, adapters, index_dir, embeddings):

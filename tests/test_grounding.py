@@ -71,6 +71,38 @@ def test_best_sentences_picks_the_ones_about_the_question():
     assert best_sentences(text, "plus cost returns", limit=2) == "Plus costs $4.99 per month. Returns take 60 days."
 
 
+# (question, kind, (heading, text) of the passage that answers it, (heading, text) of one that does not)
+FITS = [
+    # the heading names what the price is for
+    ("What's the monthly price of Premium?", "price", ("Pricing Premium", "- $9.99 per month or $99 per year"),
+     ("Pricing Ultra", "- $17.49 per month or $174 per year\n- Everything in Premium")),
+    # "How long" asks the kind of value; it does not make "How long we keep data" the topic
+    ("How long until a deleted account is gone?", "duration",
+     ("Deleting your account", "Your account is deleted permanently after 30 days."),
+     ("How long we keep data", "| Deleted data | kept for 30 days |")),
+    # a word every passage has ("thermostat") tells them apart less than one only one has ("return")
+    ("How many days do I have to return a thermostat?", "duration",
+     ("Returns", "You can return any product within 60 days of delivery."),
+     ("Display", "Connect the thermostat to a USB charger for 30 minutes.")),
+]
+
+
+@pytest.mark.parametrize("question, kind, right, wrong", FITS)
+def test_the_sentence_that_fits_the_question_best(question, kind, right, wrong):
+    from bot.grounding import best_fit, fit, term_weights
+
+    weights = term_weights([f"{h} {t}" for h, t in (right, wrong)] + ["A thermostat in a home."])
+    assert best_fit(right[1], question, kind, right[0], weights) > best_fit(wrong[1], question, kind, wrong[0], weights)
+    assert fit(right[1], question, kind, right[0], weights) == best_fit(right[1], question, kind, right[0], weights)
+
+
+def test_term_weights_fall_with_the_share_of_texts_holding_the_word():
+    from bot.grounding import term_weights
+
+    w = term_weights(["Returns of a thermostat.", "A thermostat display.", "A thermostat plan."])
+    assert w["return"] == pytest.approx(1.0) and w["thermostat"] == pytest.approx(0.5)
+
+
 COPY_PASSAGE = "Invitations expire after 7 days. A home can have up to 8 members on every plan."
 
 
@@ -97,9 +129,11 @@ def test_copied_share_of_word_pairs(answer, frames, low, high):
     ("Which e-mail address do I write to?", "email", "Write to help@fernway.example.", "We answer e-mail within a day."),
     ("How long is the free trial?", "duration", "The trial lasts 30 days.", "We send a reminder before it ends."),
     ("How many days do I have to return it?", "duration", "Returns within 60 days.", "Returns are free."),
-    ("How many backup codes do I get?", "count backup", "You get 10 backup codes.", "Set up 2FA on your new phone [1]."),
-    ("How many backup codes do I get?", "count backup", "Up to 10 new backup codes.", "Recovery takes 3 business days."),
-    ("How many backup codes do I get?", "count backup", "See [1] [2] [3]: 10 backup codes.", "[12] backup codes are kept."),
+    ("How many backup codes do I get?", "count backup code", "You get 10 backup codes.", "Set up 2FA on your new phone [1]."),
+    ("How many backup codes do I get?", "count backup code", "Up to 10 new backup codes.", "Recovery takes 3 business days."),
+    ("How many backup codes do I get?", "count backup code", "See [1] [2] [3]: 10 backup codes.", "[12] backup codes are kept."),
+    ("How many household members can share a home?", "count household member", "A home can have up to 8 members.",
+     "Invitations expire after 7 days."),
     ("How many can I add?", "count", "You can add 5.", "You can add as many as you like."),
     ("Can I use Alexa with my thermostat?", "", "Alexa works with it.", ""),
     ("How much run time did homes save?", "", "Homes saved 15% of run time.", ""),
