@@ -87,6 +87,7 @@ class KnowledgeBase:
         self._lexicon = Lexicon()  # term counts cached across views: a sync re-tokenizes only what changed
         self._sync_lock = threading.Lock()
         self._records = None  # the work folder's SQLRecordManager, kept across syncs (see store.WORK)
+        self._agreed = ""  # a generation whose records and vectors this process knows agree (see _apply)
         self._manifest: tuple[tuple, Manifest] | None = None  # the last file list read, by generation and files.json stat
         self._synced_fingerprint: tuple | None = None
         self._watcher: threading.Thread | None = None
@@ -109,6 +110,7 @@ class KnowledgeBase:
             return IndexView(new_faiss(self.embeddings, self.embeddings.dim), lexicon=self._lexicon)
         vs, _, layout = load_generation(gen, self.embeddings, self.embeddings.dim)
         self._layout = (gen.name, layout)
+        self._agreed = ""  # read from disk: whatever was done to it since, the next sync checks
         return IndexView(vs, gen.name, self._lexicon)
 
     def search(self, query: str, k: int | None = None) -> SearchResult:
@@ -224,8 +226,12 @@ class KnowledgeBase:
                 self._records = open_record_manager(work / "records.sqlite")
             rm = self._records
             rm.create_schema()
+            # a generation this process wrote or reconciled, still in memory, agrees by construction
+            # (generations are published whole); one loaded from disk is checked, once
+            agreed = not rebuild and live is not None and live.name == self._agreed and self._view is not None \
+                and self._view.generation == live.name
             vs, base = self._working_copy(live) if not rebuild else (new_faiss(self.embeddings, self.embeddings.dim), None)
-            report.repaired = [] if rebuild else reconcile(vs, rm, known)
+            report.repaired = [] if rebuild or agreed else reconcile(vs, rm, known)
             for rel in report.repaired:  # unchanged files among them: re-read as if they had changed
                 if rel in new_files:
                     del new_files[rel]
@@ -261,7 +267,9 @@ class KnowledgeBase:
             layout = save_generation(work, vs, Manifest(self.params.signature, new_files), base)
             rm.engine.dispose()
             rm = None
-            return vs, self.store.commit(work), layout
+            gen = self.store.commit(work)
+            self._agreed = gen.name
+            return vs, gen, layout
         except BaseException:
             if rm is not None:
                 rm.engine.dispose()

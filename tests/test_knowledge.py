@@ -165,6 +165,24 @@ def test_disagreeing_records_and_vectors_are_repaired(make_kb, embeddings, tmp_p
     assert kb.sync().repaired == []
 
 
+def test_records_are_checked_against_vectors_once_per_generation_read_from_disk(make_kb, monkeypatch):
+    """A generation this process wrote agrees by construction: the next sync skips the check
+    (7 ms at 1,000 files). One read from disk is checked by the sync after the read."""
+    import bot.knowledge
+
+    calls = []
+    real = bot.knowledge.reconcile
+    monkeypatch.setattr(bot.knowledge, "reconcile", lambda *a: calls.append(1) or real(*a))
+    kb = make_kb({"refunds.md": A, "shipping.md": B})
+    kb.sync()
+    (kb.settings.kb / "hours.txt").write_text(C)
+    assert kb.sync().added == ["hours.txt"] and calls == []
+    kb._view = None
+    kb.view()  # as a new process would
+    (kb.settings.kb / "hours.txt").write_text(C + " Closed on holidays.")
+    assert kb.sync().changed == ["hours.txt"] and calls == [1]
+
+
 def test_searches_keep_answering_while_a_sync_runs(make_kb):
     kb = make_kb({"refunds.md": A})
     kb.sync()
