@@ -72,13 +72,13 @@ class ChainSettings:
                                   "much', a phone number for 'phone'), where a relevant passage has one, is replaced "
                                   "by a quote (1: on; 0: off; -1: on for the embedded demo model only: real models "
                                   "may write a value in words)")
-    quote_asked_value: bool = _f(True, "an answer that falls back to a quote quotes the closest relevant passage that "
-                                 "holds the kind of value asked for (a price for 'how much', a phone number for "
-                                 "'phone'), not simply the closest")
-    require_closest: int = _f(-1, "an answer that shares fewer of the question's words (with its passages' headings) "
-                              "than the closest sentence of a relevant passage is replaced by a quote of that "
-                              "passage, so 'Premium' is not answered from 'Ultra' (1: on; 0: off; -1: on for the "
-                              "embedded demo model only)")
+    quote_asked_value: bool = _f(True, "an answer that falls back to a quote quotes, among the passages shown that hold "
+                                 "the kind of value asked for (a price for 'how much', a phone number for 'phone'), "
+                                 "the one whose sentence fits the question best; off: among all passages shown")
+    require_closest: int = _f(-1, "an answer that fits the question worse (fewer of its words, counting the headings "
+                              "of the passages its values come from) than the best sentence of a passage holding the "
+                              "kind of value asked for is replaced by a quote of that passage, so 'Premium' is not "
+                              "answered from 'Ultra' (1: on; 0: off; -1: on for the embedded demo model only)")
     copy_digits: bool = _f(True, "where the answer follows a passage's wording into a number, copy the "
                            "passage's digits (copy-friendly decoding; see bot/copying.py)")
     handoff_query: str = _f("contact support email phone hours", "search that finds the contact details offered on a hand-off")
