@@ -93,8 +93,10 @@ def _ask(bot, mode: str, question: str, adapter: str) -> dict:
                 a = event["answer"]
         total = time.perf_counter() - t0
         cited = [s for s in a.sources if s["cited"]]
+        # a passage filed twice counts for every file that holds it (its twins are in also_in)
+        files = lambda sources: [f for s in sources for f in (s["source"], *s.get("also_in", ()))]  # noqa: E731
         return {"text": a.text, "refused": a.refused or declined(a.text), "kind": a.kind,
-                "cited_sources": [s["source"] for s in cited], "retrieved": [s["source"] for s in a.sources],
+                "cited_sources": files(cited), "retrieved": files(a.sources),
                 "ungrounded": list(a.flagged) if a.kind != "fallback" else [], "changed": a.kind == "fallback",
                 "first_s": first if first is not None else total, "total_s": total}
     first, pieces = None, []

@@ -68,3 +68,24 @@ def test_eval_runs_four_modes_and_writes_json_table_and_chart(tiny_base, voices_
         assert (tmp_path / "out" / name).stat().st_size > 100
     assert markdown_table(report).count("\n") == 13
     assert not (SHIPPED_KB / ".supportbot").exists()  # the shipped folder was copied, never edited
+
+
+def test_a_passage_filed_twice_counts_for_both_files(tiny_base, embeddings, tmp_path):
+    """The same page in two folders takes one slot of the top k (its twin listed in also_in): a
+    question whose gold source is either file is a retrieval hit, as in bench/retrieval.py."""
+    from bot.app import build_bot
+    from bot.config import Settings
+    from bot.evaluate import _ask
+    from conftest import load_tiny
+
+    page = "# Refunds\n\nRefunds take 5 business days to reach your card after we receive the return.\n"
+    write(tmp_path / "kb/help/refunds.md", page)
+    write(tmp_path / "kb/archive/refunds.md", page)
+    write(tmp_path / "kb/shipping.md", "# Shipping\n\nStandard shipping costs $6.95 and takes 3 to 5 days.\n")
+    settings = Settings(kb=tmp_path / "kb", data_dir=tmp_path / "data", adapters_dir=tmp_path / "none")
+    settings.model.name = str(tiny_base)
+    settings.model.max_new_tokens = 8
+    bot = build_bot(settings.validate(), embeddings, loaded=load_tiny(tiny_base))
+    bot.kb.sync()
+    row = _ask(bot, "rag", "How long do refunds take to reach my card?", "none")
+    assert row["retrieved"].count("help/refunds.md") == row["retrieved"].count("archive/refunds.md") == 1
