@@ -221,6 +221,10 @@ _ASKS = [
      re.compile(r"\b\d[\d,.]*\s*(?:-|to)?\s*(?:business\s+|calendar\s+)?"
                 r"(?:days?|weeks?|months?|years?|hours?|minutes?)\b", re.I)),
     ("count", re.compile(r"\bhow many\b", re.I), re.compile(r"(?<![\w.])\d[\d,]*(?:\.\d+)?(?!\w)")),  # not "2FA"
+    # the company's address ("your postal address"), not "my billing address", which asks how to change it
+    ("address", re.compile(r"\b(?:postal|mailing|street|office|your)\s+address\b|\baddress of\b", re.I),
+     re.compile(r"\b\d{1,6}\s+(?:[A-Z][\w'-]*\s+){1,4}(?:Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|"
+                r"Drive|Dr|Way|Place|Pl|Court|Ct|Square|Sq|Parkway|Pkwy|Highway|Hwy)\b|\bP\.?\s?O\.?\s+Box\s+\d+")),
 ]
 
 
@@ -228,7 +232,7 @@ _COUNTED = re.compile(r"\bhow many\s+((?:[a-z][\w-]*\s*){1,3})", re.I)
 
 
 def asked_value(question: str) -> str:
-    """The kind of value `question` asks for (email, phone, price, duration, count), or "".
+    """The kind of value `question` asks for (email, phone, price, duration, count, address), or "".
 
     A count names what it counts where the question does: "How many backup codes..." gives
     "count backup code", answered by "10 backup codes" and not by "3 business days".
