@@ -158,6 +158,18 @@ def test_the_quote_comes_from_the_closest_passage_that_holds_the_value_asked_for
     assert [s["n"] for s in answer.sources if s["cited"]] == [second["n"] if quote_asked_value else first["n"]]
 
 
+def test_the_quote_may_come_from_a_passage_under_the_threshold(tiny_base, adapters, index_dir, embeddings):
+    """Asked the return window, the closest passage is about plan refunds (14 days); the returns
+    page, which the fused ranking shows second, is under the relevance threshold by cosine alone.
+    It holds the kind of value asked for and fits the question best, so it is the one quoted."""
+    bot = make_bot(tiny_base, adapters, index_dir, embeddings, require_asked_value=1, min_copied=0.0,
+                   grounding="off")
+    answer = bot.chain.ask("How many days do I have to return a thermostat?", adapter="sunny")
+    (quoted,) = [s for s in answer.sources if s["cited"]]
+    assert answer.kind == "fallback" and "60 days" in answer.text and "14 days" not in answer.text
+    assert quoted["source"] == "orders/returns-and-refunds.md" and quoted["score"] < bot.settings.retrieval.threshold
+
+
 @pytest.mark.parametrize("require_closest, kind", [(1, "fallback"), (0, "answer")])
 def test_an_answer_about_another_plan_is_quoted_instead_when_asked(
         tiny_base, adapters, index_dir, embeddings, require_closest, kind):
