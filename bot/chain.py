@@ -152,7 +152,7 @@ class SupportChain:
         generated = "".join(pieces).strip()
         cited = cited_numbers(generated, len(passages))
         evidence = [p for p in passages if p.n in cited] or passages
-        flagged = unsupported(generated, [f"{p.title} {p.section} {p.text}" for p in evidence], self._proper_names()) \
+        flagged = unsupported(generated, [f"{_heading(p)} {p.text}" for p in evidence], self._proper_names()) \
             if cs.grounding != "off" else []
         frames = (voice.opener, voice.closer, *demo.FRAMES) if is_demo else (voice.opener, voice.closer)
         uncopied = bool(min_copied) and copied_share(generated, [p.text for p in shown], frames) < min_copied

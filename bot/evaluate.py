@@ -78,6 +78,11 @@ def _markers(card: dict) -> list[str]:
     return [m for m in card.get("markers") or [card.get("opener", ""), card.get("closer", "")] if m]
 
 
+def _files(sources: list[dict]) -> list[str]:
+    """The files of these answer sources: a passage filed twice counts for each (its twins are in also_in)."""
+    return [f for s in sources for f in (s["source"], *s.get("also_in", ()))]
+
+
 def _ask(bot, mode: str, question: str, adapter: str) -> dict:
     """One answer in one mode: text, refused, cited sources, retrieved sources, values checked, timings."""
     from bot.grounding import unsupported
@@ -93,10 +98,8 @@ def _ask(bot, mode: str, question: str, adapter: str) -> dict:
                 a = event["answer"]
         total = time.perf_counter() - t0
         cited = [s for s in a.sources if s["cited"]]
-        # a passage filed twice counts for every file that holds it (its twins are in also_in)
-        files = lambda sources: [f for s in sources for f in (s["source"], *s.get("also_in", ()))]  # noqa: E731
         return {"text": a.text, "refused": a.refused or declined(a.text), "kind": a.kind,
-                "cited_sources": files(cited), "retrieved": files(a.sources),
+                "cited_sources": _files(cited), "retrieved": _files(a.sources),
                 "ungrounded": list(a.flagged) if a.kind != "fallback" else [], "changed": a.kind == "fallback",
                 "first_s": first if first is not None else total, "total_s": total}
     first, pieces = None, []
