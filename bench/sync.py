@@ -26,9 +26,9 @@ from bot.chunking import split_source  # noqa: E402
 from bot.config import Settings  # noqa: E402
 from bot.documents import read_source, scan_folder  # noqa: E402
 
+REPEATS = 5  # one-file edits, each paired with an embedding of its passages alone
 TOPICS = ["billing", "shipping", "refunds", "accounts", "security", "devices", "plans", "integrations"]
 VERBS = ["takes", "costs", "needs", "allows", "requires", "includes", "supports", "limits"]
-REPEATS = 5
 THINGS = ["an invoice", "a refund", "a parcel", "a login code", "the warranty", "a sensor", "the app", "a plan"]
 
 
@@ -40,6 +40,10 @@ def page(rng: random.Random, i: int) -> str:
     for s in range(2):
         sections.append(f"## Part {s + 1}\n\n" + " ".join(sentence() for _ in range(rng.randint(5, 9))) + "\n")
     return "\n".join(sections)
+
+
+def rel(i: int) -> str:
+    return f"section{i % 20:02d}/article{i:04d}.md"
 
 
 def timed(fn):
@@ -58,7 +62,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "kb"
         for i in range(args.files):
-            path = folder / f"section{i % 20:02d}" / f"article{i:04d}.md"
+            path = folder / rel(i)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(page(rng, i))
         kb = build_knowledge_base(Settings(kb=folder, data_dir=Path(tmp) / "data").validate())
@@ -71,12 +75,14 @@ def main() -> None:
 
         # 5 edits of one file (each a new page), each followed by embedding its passages alone: the
         # machine's speed drifts by half between minutes here, so each pair is compared
-        target = folder / "section07" / "article0427.md"
+        edited, deleted = 427 % args.files, 123 % args.files  # any two files, also with --files under 428
+        deleted = deleted if deleted != edited else (edited + 1) % args.files
+        target = folder / rel(edited)
         edits, alones = [], []
         for _ in range(REPEATS):
-            target.write_text(page(rng, 427))
+            target.write_text(page(rng, edited))
             edits.append(timed(kb.sync))
-            entry = scan_folder(folder, [".md"], 10 * 2**20).entries["section07/article0427.md"]
+            entry = scan_folder(folder, [".md"], 10 * 2**20).entries[rel(edited)]
             texts = [d.page_content for d in split_source(read_source(entry), kb.params)]
             alones.append(timed(lambda: emb.embed_documents(texts))[1])
         edit = edits[0][0]
@@ -84,7 +90,7 @@ def main() -> None:
         t_edit, t_alone = t_edits[0], min(alones)
         ratios = sorted(t / a for (_, t), a in zip(edits, alones))
 
-        (folder / "section03" / "article0123.md").unlink()
+        (folder / rel(deleted)).unlink()
         delete, t_delete = timed(kb.sync)
 
         all_texts = [d.page_content for d in kb.view().docs]
