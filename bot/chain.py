@@ -165,7 +165,7 @@ class SupportChain:
         unanswered = bool(on(cs.require_asked_value) and asked and holding) and not carries(generated, asked)
         # Retrieval does not know what kind of value is asked for: among the passages holding that
         # kind, the closest is the one whose sentence fits the question best
-        weights = term_weights([f"{_heading(p)} {p.text}" for p in passages])
+        weights = term_weights([f"{_heading(p)} {p.text}" for p in passages]) if holding else {}
         fits = {p.n: best_fit(p.text, question, asked, _heading(p), weights) for p in holding}
         closest = max(holding, key=lambda p: (fits[p.n], p.score)) if holding else None
         misfit = False
