@@ -8,15 +8,6 @@ from collections import Counter
 log = logging.getLogger(__name__)
 
 
-def all_keys(rm) -> set[str]:
-    """Every key the record manager holds: `rm.list_keys()` without an ORM object per row (0.3 s at 2,000)."""
-    from sqlalchemy import text
-
-    with rm.engine.connect() as conn:
-        rows = conn.execute(text("select key from upsertion_record where namespace = :ns"), {"ns": rm.namespace})
-        return set(rows.scalars().all())  # one fetch: iterating rows fetched them one call at a time
-
-
 def purge(vs, rm, rel: str) -> int:
     """Remove every passage of one source from both the vector store and the record manager."""
     keys = rm.list_keys(group_ids=[rel])
@@ -35,7 +26,7 @@ def reconcile(vs, rm, files: dict[str, dict]) -> list[str]:
     and the files involved are re-indexed from the folder, as a clean build would.
     """
     in_vs = set(vs.index_to_docstore_id.values())
-    in_rm = all_keys(rm)
+    in_rm = set(rm.list_keys())
     extra_vs, extra_rm = in_vs - in_rm, in_rm - in_vs
     if extra_vs:
         vs.delete(list(extra_vs))

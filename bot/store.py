@@ -6,7 +6,7 @@ Layout under `<data-dir>/index/`:
         segments.json   its segments in order, each with the ids deleted since it was written
         seg-<name>.faiss  one segment's vectors (faiss.serialize_index: FAISS's own binary format)
         seg-<name>.json   that segment's ids in FAISS order + page_content + metadata
-        records.sqlite  LangChain SQLRecordManager (which chunk hashes are indexed, per source)
+        records.sqlite  LangChain's record manager table (which chunk hashes are indexed, per source)
         files.json      per-file sha256, chunk count and stat, plus the chunker signature
 A sync writes what changed, not the whole index: one new segment with the passages it added, the
 ids it removed listed against the segments holding them, and hard links to the live generation's
@@ -28,21 +28,21 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterator, TypeVar
 
 import numpy as np
 
 from bot.errors import KnowledgeBaseError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 FORMAT_VERSION = 2
 RM_NAMESPACE = "supportbot/faiss"
 COMPACT_DEAD_SHARE = 0.25  # removed rows above this share of all rows: rewrite as one segment
 MAX_SEGMENTS = 16
-# One writer at a time (the lock), so one fixed work folder: the record manager's engine, with its
-# compiled statements, then lives across syncs instead of being rebuilt for a new path each time.
-WORK = "tmp-work"
+WORK = "tmp-work"  # one writer at a time (the lock), so one fixed work folder
 
 
 def new_faiss(embeddings, dim: int):
@@ -92,14 +92,17 @@ class Layout:
         return {i: s for s in self.segments for i in s.ids if i not in s.dead}
 
 
-def _fsync_write(path: Path, data: bytes) -> None:
+def _write(path: Path, data: bytes, sync: bool = False) -> None:
+    """Write a file; fsynced now only if `sync` (a work folder's files are fsynced together at commit)."""
     with open(path, "wb") as fh:
         fh.write(data)
         fh.flush()
-        os.fsync(fh.fileno())
+        if sync:
+            os.fsync(fh.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync(path: Path) -> None:
+    """fsync a file or a folder (a folder's entries: new names, renames, links)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -108,7 +111,9 @@ def _fsync_dir(path: Path) -> None:
 
 
 def save_generation(work: Path, vs, manifest: Manifest, base: tuple[Path, Layout] | None = None) -> Layout:
-    """Write `vs` into the work folder: as a delta over `base` (the live generation) where it pays."""
+    """Write `vs` into the work folder: as a delta over `base` (the live generation) where it pays.
+
+    Nothing is fsynced here: `IndexStore.commit` puts the whole folder on disk before it goes live."""
     ids = [vs.index_to_docstore_id[i] for i in range(vs.index.ntotal)]
     layout = _delta(base[1], ids) if base is not None else None
     if layout is not None:
@@ -124,7 +129,7 @@ def save_generation(work: Path, vs, manifest: Manifest, base: tuple[Path, Layout
         if ids:
             _write_segment(work, layout.segments[0].name, vs, list(range(len(ids))))
     spec = {"version": FORMAT_VERSION, "segments": [{"name": s.name, "dead": sorted(s.dead)} for s in layout.segments]}
-    _fsync_write(work / "segments.json", json.dumps(spec).encode())
+    _write(work / "segments.json", json.dumps(spec).encode())
     _write_manifest(work / "files.json", manifest)
     return layout
 
@@ -177,9 +182,9 @@ def _write_segment(work: Path, name: str, vs, positions: list[int]) -> None:
     for doc_id in ids:
         doc = vs.docstore.search(doc_id)
         passages.append({"page_content": doc.page_content, "metadata": doc.metadata})
-    _fsync_write(work / f"{name}.faiss", faiss.serialize_index(index).tobytes())
+    _write(work / f"{name}.faiss", faiss.serialize_index(index).tobytes())
     payload = {"version": FORMAT_VERSION, "ids": ids, "passages": passages}
-    _fsync_write(work / f"{name}.json", json.dumps(payload, ensure_ascii=False).encode())
+    _write(work / f"{name}.json", json.dumps(payload, ensure_ascii=False).encode())
 
 
 def _link(src: Path, dst: Path) -> None:
@@ -187,8 +192,6 @@ def _link(src: Path, dst: Path) -> None:
         os.link(src, dst)
     except OSError:  # a file system without hard links: a copy is as good, only slower
         shutil.copyfile(src, dst)
-        with open(dst, "rb") as fh:
-            os.fsync(fh.fileno())
 
 
 def load_generation(gen: Path, embeddings, dim: int):
@@ -277,34 +280,22 @@ def counts_agree(gen: Path, manifest: Manifest) -> bool:
 def rewrite_manifest(gen: Path, manifest: Manifest) -> None:
     """Replace a live generation's file list atomically: only for the stat cache, never the content."""
     tmp = gen / "files.json.tmp"
-    _write_manifest(tmp, manifest)
+    _write_manifest(tmp, manifest, sync=True)
     os.replace(tmp, gen / "files.json")
 
 
-def _write_manifest(path: Path, manifest: Manifest) -> None:
+def _write_manifest(path: Path, manifest: Manifest, sync: bool = False) -> None:
     # files sorted here rather than by sort_keys, which also sorts every file's own keys: half the
     # 3 ms this took at 1,000 files
     files = {"files": dict(sorted(manifest.files.items())), "signature": manifest.signature, "version": FORMAT_VERSION}
-    _fsync_write(path, json.dumps(files, ensure_ascii=False).encode())
+    _write(path, json.dumps(files, ensure_ascii=False).encode(), sync)
 
 
 def open_record_manager(path: Path):
-    """The record manager of a work folder, written without SQLite's own fsyncs and journal file.
+    """The record manager of a work folder (see `bot.recordmanager` for why it may skip fsyncs)."""
+    from bot.recordmanager import SqliteRecordManager
 
-    Safe because a work folder is private: `IndexStore.commit` fsyncs the database before it goes
-    live, and a crash before that discards the folder. About 5 ms of a one-file sync at 1,000 files.
-    """
-    from langchain_classic.indexes import SQLRecordManager
-    from sqlalchemy import create_engine, event
-
-    engine = create_engine(f"sqlite:///{path}")
-
-    @event.listens_for(engine, "connect")
-    def _private(conn, _record) -> None:
-        conn.execute("PRAGMA synchronous=OFF")
-        conn.execute("PRAGMA journal_mode=MEMORY")
-
-    rm = SQLRecordManager(RM_NAMESPACE, engine=engine)
+    rm = SqliteRecordManager(RM_NAMESPACE, path)
     rm.create_schema()
     return rm
 
@@ -357,21 +348,32 @@ class IndexStore:
             shutil.copyfile(live / "records.sqlite", work / "records.sqlite")
         return work
 
-    def commit(self, work: Path) -> Path:
-        """Make `work` the live generation: rename, then flip CURRENT atomically."""
-        with open(work / "records.sqlite", "rb+") as fh:
-            os.fsync(fh.fileno())
-        _fsync_dir(work)
+    def commit(self, work: Path, meanwhile: Callable[[], T] | None = None) -> tuple[Path, T | None]:
+        """Make `work` the live generation: its files on disk, rename, then flip CURRENT atomically.
+
+        The files are fsynced together, in threads, while `meanwhile` runs in this one (the sync
+        builds the new search view there): the disk and the CPU work at once. Returns the
+        generation and what `meanwhile` returned.
+        """
+        # files linked from the live generation are on disk already (the folder's fsync records
+        # the links): only those written for this one need it
+        written = [p for p in work.iterdir() if p.stat().st_nlink == 1]
+        with ThreadPoolExecutor(max(1, len(written))) as pool:
+            syncing = [pool.submit(_fsync, p) for p in written]
+            result = meanwhile() if meanwhile is not None else None
+            for done in syncing:
+                done.result()
+        _fsync(work)
         live = self.current()
         number = int(live.name.split("-")[1]) + 1 if live else 1
         gen = self.root / f"gen-{number:06d}"
         os.rename(work, gen)
         tmp = self.root / "CURRENT.tmp"
-        _fsync_write(tmp, gen.name.encode())
+        _write(tmp, gen.name.encode(), sync=True)
         os.replace(tmp, self.root / "CURRENT")
-        _fsync_dir(self.root)
+        _fsync(self.root)
         keep = {gen.name, live.name if live else ""}
         for old in self.root.glob("gen-*"):
             if old.name not in keep:
                 shutil.rmtree(old, ignore_errors=True)
-        return gen
+        return gen, result

@@ -249,15 +249,3 @@ def test_sync_and_watcher_see_the_folder_the_same_way(make_kb, tmp_path):
     assert not kb.is_stale()  # else the watcher would re-sync on every poll
     write(kb.settings.kb / "refunds.md", A + "\nMore.")
     assert kb.is_stale()
-
-
-def test_all_keys_matches_the_record_managers_own_list(tmp_path):
-    # all_keys reads the table directly (no ORM object per row); pin it to the library's answer,
-    # so a LangChain upgrade that renames the table fails here rather than silently repairing nothing.
-    from bot.records import all_keys
-    from bot.store import open_record_manager
-
-    rm = open_record_manager(tmp_path / "records.sqlite")
-    rm.update([f"key{i}" for i in range(30)], group_ids=["a.md"] * 20 + ["b.md"] * 10)
-    assert all_keys(rm) == set(rm.list_keys()) and len(all_keys(rm)) == 30
-    rm.engine.dispose()
