@@ -15,6 +15,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +33,11 @@ def stat_key(st: os.stat_result) -> tuple[int, int, int, int]:
     return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
 
-@dataclass(frozen=True)
-class FileEntry:
+class FileEntry(NamedTuple):  # a tuple, not a frozen dataclass: a third of the cost, once per file per scan
     rel: str  # POSIX path relative to the knowledge-base folder: the `source` of its passages
     path: str  # a plain string: a Path per file cost 20 ms a scan at 1,000 files
     sha256: str
-    data: bytes | None = field(default=None, repr=False)  # None: unchanged by its stat, not read
+    data: bytes | None = None  # None: unchanged by its stat, not read
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,8 @@ def walk_folder(root: Path, extensions: list[str]):
     behind both the sync's scan and the watcher's cheap stat check, so the two always agree.
     Plain strings and DirEntry, not pathlib: at 1,000 files pathlib cost 30 ms a walk.
     """
-    exts = {e.lower() for e in extensions}
+    # for str.endswith (a tenth of splitext's cost); "md" means ".md", never "readmd"
+    exts = tuple("." + e.lower().lstrip(".") for e in extensions)
 
     def walk(folder: str, prefix: str):
         with os.scandir(folder) as it:
@@ -97,7 +98,7 @@ def walk_folder(root: Path, extensions: list[str]):
                 if not e.is_symlink():
                     folders.append(e)
             else:
-                yield prefix + e.name, e, os.path.splitext(e.name)[1].lower() in exts
+                yield prefix + e.name, e, e.name.lower().endswith(exts)
         for e in folders:
             yield from walk(e.path, prefix + e.name + "/")
 

@@ -204,17 +204,17 @@ class KnowledgeBase:
                     self._manifest = None
                 report.seconds = time.perf_counter() - t0
                 return report, fingerprint
-            view, gen, layout = self._apply(live, rebuild or not fresh, known, sources, gone, new_files, report, scan.entries, progress)
+            vs, gen, layout = self._apply(live, rebuild or not fresh, known, sources, gone, new_files, report, scan.entries, progress)
         report.seconds = time.perf_counter() - t0
         report.generation = gen.name
-        self._view = view  # atomic swap: readers move over on their next search
+        self._view = IndexView(vs, gen.name, self._lexicon)  # atomic swap: readers move over on their next search
         self._layout = (gen.name, layout)
         self._manifest = ((gen.name, stat_key((gen / "files.json").stat())), Manifest(self.params.signature, new_files))
         log.info("sync: %s", report.summary())
         return report, fingerprint
 
     def _apply(self, live, rebuild, known, sources, gone, new_files, report, entries, progress):
-        """Write the changes into a new generation and publish it. Returns (its view, generation, layout)."""
+        """Write the changes into a new generation and publish it. Returns (vectorstore, generation, layout)."""
         from langchain_core.indexing import index
         from tqdm import tqdm
 
@@ -263,11 +263,9 @@ class KnowledgeBase:
             layout = save_generation(work, vs, Manifest(self.params.signature, new_files), base)
             rm.close()
             rm = None
-            # the new view is built while the disk takes the generation (6 of a one-file sync's 90 ms)
-            gen, view = self.store.commit(work, meanwhile=lambda: IndexView(vs, "", self._lexicon))
-            view.generation = gen.name  # named before anyone can see it
+            gen = self.store.commit(work)
             self._agreed = gen.name
-            return view, gen, layout
+            return vs, gen, layout
         except BaseException:
             if rm is not None:
                 rm.close()

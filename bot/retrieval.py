@@ -73,8 +73,7 @@ class SearchResult:
 
 
 class IndexView:
-    """A read-only snapshot of the index. Never mutated once published (a sync names it with its
-    generation just before): safe to share."""
+    """A read-only snapshot of the index. Never mutated after construction: safe to share."""
 
     def __init__(self, vs, generation: str = "", lexicon: Lexicon | None = None):
         self.vs = vs

@@ -28,15 +28,13 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterator, TypeVar
+from typing import Iterator
 
 import numpy as np
 
 from bot.errors import KnowledgeBaseError
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 FORMAT_VERSION = 2
 RM_NAMESPACE = "supportbot/faiss"
@@ -92,17 +90,14 @@ class Layout:
         return {i: s for s in self.segments for i in s.ids if i not in s.dead}
 
 
-def _write(path: Path, data: bytes, sync: bool = False) -> None:
-    """Write a file; fsynced now only if `sync` (a work folder's files are fsynced together at commit)."""
+def _fsync_write(path: Path, data: bytes) -> None:
     with open(path, "wb") as fh:
         fh.write(data)
         fh.flush()
-        if sync:
-            os.fsync(fh.fileno())
+        os.fsync(fh.fileno())
 
 
-def _fsync(path: Path) -> None:
-    """fsync a file or a folder (a folder's entries: new names, renames, links)."""
+def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -111,9 +106,7 @@ def _fsync(path: Path) -> None:
 
 
 def save_generation(work: Path, vs, manifest: Manifest, base: tuple[Path, Layout] | None = None) -> Layout:
-    """Write `vs` into the work folder: as a delta over `base` (the live generation) where it pays.
-
-    Nothing is fsynced here: `IndexStore.commit` puts the whole folder on disk before it goes live."""
+    """Write `vs` into the work folder: as a delta over `base` (the live generation) where it pays."""
     ids = [vs.index_to_docstore_id[i] for i in range(vs.index.ntotal)]
     layout = _delta(base[1], ids) if base is not None else None
     if layout is not None:
@@ -129,7 +122,7 @@ def save_generation(work: Path, vs, manifest: Manifest, base: tuple[Path, Layout
         if ids:
             _write_segment(work, layout.segments[0].name, vs, list(range(len(ids))))
     spec = {"version": FORMAT_VERSION, "segments": [{"name": s.name, "dead": sorted(s.dead)} for s in layout.segments]}
-    _write(work / "segments.json", json.dumps(spec).encode())
+    _fsync_write(work / "segments.json", json.dumps(spec).encode())
     _write_manifest(work / "files.json", manifest)
     return layout
 
@@ -182,9 +175,9 @@ def _write_segment(work: Path, name: str, vs, positions: list[int]) -> None:
     for doc_id in ids:
         doc = vs.docstore.search(doc_id)
         passages.append({"page_content": doc.page_content, "metadata": doc.metadata})
-    _write(work / f"{name}.faiss", faiss.serialize_index(index).tobytes())
+    _fsync_write(work / f"{name}.faiss", faiss.serialize_index(index).tobytes())
     payload = {"version": FORMAT_VERSION, "ids": ids, "passages": passages}
-    _write(work / f"{name}.json", json.dumps(payload, ensure_ascii=False).encode())
+    _fsync_write(work / f"{name}.json", json.dumps(payload, ensure_ascii=False).encode())
 
 
 def _link(src: Path, dst: Path) -> None:
@@ -192,6 +185,8 @@ def _link(src: Path, dst: Path) -> None:
         os.link(src, dst)
     except OSError:  # a file system without hard links: a copy is as good, only slower
         shutil.copyfile(src, dst)
+        with open(dst, "rb") as fh:
+            os.fsync(fh.fileno())
 
 
 def load_generation(gen: Path, embeddings, dim: int):
@@ -280,15 +275,15 @@ def counts_agree(gen: Path, manifest: Manifest) -> bool:
 def rewrite_manifest(gen: Path, manifest: Manifest) -> None:
     """Replace a live generation's file list atomically: only for the stat cache, never the content."""
     tmp = gen / "files.json.tmp"
-    _write_manifest(tmp, manifest, sync=True)
+    _write_manifest(tmp, manifest)
     os.replace(tmp, gen / "files.json")
 
 
-def _write_manifest(path: Path, manifest: Manifest, sync: bool = False) -> None:
+def _write_manifest(path: Path, manifest: Manifest) -> None:
     # files sorted here rather than by sort_keys, which also sorts every file's own keys: half the
     # 3 ms this took at 1,000 files
     files = {"files": dict(sorted(manifest.files.items())), "signature": manifest.signature, "version": FORMAT_VERSION}
-    _write(path, json.dumps(files, ensure_ascii=False).encode(), sync)
+    _fsync_write(path, json.dumps(files, ensure_ascii=False).encode())
 
 
 def open_record_manager(path: Path):
@@ -348,32 +343,21 @@ class IndexStore:
             shutil.copyfile(live / "records.sqlite", work / "records.sqlite")
         return work
 
-    def commit(self, work: Path, meanwhile: Callable[[], T] | None = None) -> tuple[Path, T | None]:
-        """Make `work` the live generation: its files on disk, rename, then flip CURRENT atomically.
-
-        The files are fsynced together, in threads, while `meanwhile` runs in this one (the sync
-        builds the new search view there): the disk and the CPU work at once. Returns the
-        generation and what `meanwhile` returned.
-        """
-        # files linked from the live generation are on disk already (the folder's fsync records
-        # the links): only those written for this one need it
-        written = [p for p in work.iterdir() if p.stat().st_nlink == 1]
-        with ThreadPoolExecutor(max(1, len(written))) as pool:
-            syncing = [pool.submit(_fsync, p) for p in written]
-            result = meanwhile() if meanwhile is not None else None
-            for done in syncing:
-                done.result()
-        _fsync(work)
+    def commit(self, work: Path) -> Path:
+        """Make `work` the live generation: rename, then flip CURRENT atomically."""
+        with open(work / "records.sqlite", "rb+") as fh:  # written without fsyncs (see bot.recordmanager)
+            os.fsync(fh.fileno())
+        _fsync_dir(work)
         live = self.current()
         number = int(live.name.split("-")[1]) + 1 if live else 1
         gen = self.root / f"gen-{number:06d}"
         os.rename(work, gen)
         tmp = self.root / "CURRENT.tmp"
-        _write(tmp, gen.name.encode(), sync=True)
+        _fsync_write(tmp, gen.name.encode())
         os.replace(tmp, self.root / "CURRENT")
-        _fsync(self.root)
+        _fsync_dir(self.root)
         keep = {gen.name, live.name if live else ""}
         for old in self.root.glob("gen-*"):
             if old.name not in keep:
                 shutil.rmtree(old, ignore_errors=True)
-        return gen, result
+        return gen
