@@ -3,8 +3,8 @@
 `index()` asks the record manager four to six questions per sync. Through SQLRecordManager each
 is an ORM session; here each is one SQL statement. At 1,000 files, a one-file sync's `index()`
 minus its embedding took 13.3 ms with SQLRecordManager and 6.0 ms with this (medians, the two
-alternated in one process). The table, its constraint and its index
-are the ones SQLRecordManager creates, so either can open a file the other wrote (a test pins it).
+alternated in one process). The table, its constraint and its indexes are the ones
+SQLRecordManager creates, so either can open a file the other wrote (a test pins it).
 
 The connection writes without SQLite's own fsyncs and journal file. That is safe only because
 the database lives in a private work folder: `IndexStore.commit` fsyncs it before it goes live, and
@@ -48,8 +48,7 @@ class SqliteRecordManager(RecordManager):
 
     def __init__(self, namespace: str, path: Path):
         super().__init__(namespace=namespace)
-        self.path = path
-        self._db = sqlite3.connect(path, check_same_thread=False)  # writes begin a transaction; `with` ends it
+        self._db = sqlite3.connect(path)  # a write begins a transaction; `with self._db` ends it
         self._db.execute("PRAGMA synchronous=OFF")
         self._db.execute("PRAGMA journal_mode=MEMORY")
         self._last = 0.0
