@@ -141,6 +141,15 @@ def test_other_types_and_hidden_files_are_ignored(tmp_path):
     assert scan.ignored == ["notes.docx"]
 
 
+def test_extensions_match_the_whole_suffix_in_any_case(tmp_path):
+    # "md" in the settings means ".md": a file named "readmd" or "x.amd" is not Markdown
+    for name in ("a.md", "B.MD", "c.Txt", "readmd", "x.amd", "notes.md.bak"):
+        (tmp_path / name).write_text("# A\n\nText.")
+    scan = scan_folder(tmp_path, ["md", ".TXT"], MB)
+    assert sorted(scan.entries) == ["B.MD", "a.md", "c.Txt"]
+    assert sorted(scan.ignored) == ["notes.md.bak", "readmd", "x.amd"]
+
+
 def test_pdf_pages_and_html_headings(tmp_path):
     pdf = scan_one(tmp_path, "guide.pdf", minimal_pdf("Refunds take 5 business days."))
     assert isinstance(pdf, Source) and "Refunds take 5 business days." in pdf.pages[0]
