@@ -39,7 +39,8 @@ CREATE INDEX IF NOT EXISTS ix_upsertion_record_group_id ON upsertion_record (gro
 CREATE INDEX IF NOT EXISTS ix_upsertion_record_updated_at ON upsertion_record (updated_at);
 CREATE INDEX IF NOT EXISTS ix_key_namespace ON upsertion_record ("key", namespace);
 """
-# SQLite allows 32,766 bound parameters per statement; keys are sent in slices well under that
+# keys are sent in slices under 999, the most bound parameters a statement takes in SQLite before
+# 3.32 (32,766 since)
 CHUNK = 900
 
 
@@ -86,7 +87,7 @@ class SqliteRecordManager(RecordManager):
     def exists(self, keys: Sequence[str]) -> list[bool]:
         found = set()
         for part in _slices(list(keys)):
-            found.update(self._column('"key"', f'"key" IN ({_marks(part)})', part))
+            found.update(self._keys(f'"key" IN ({_marks(part)})', part))
         return [k in found for k in keys]
 
     def list_keys(self, *, before: float | None = None, after: float | None = None,
@@ -102,7 +103,7 @@ class SqliteRecordManager(RecordManager):
             where.append(f"group_id IN ({_marks(group_ids)})")
             args.extend(group_ids)
         tail = f" LIMIT {int(limit)}" if limit else ""
-        return self._column('"key"', " AND ".join(where) or "1", args, tail)
+        return self._keys(" AND ".join(where) or "1", args, tail)
 
     def delete_keys(self, keys: Sequence[str]) -> None:
         with self._db:
@@ -112,8 +113,8 @@ class SqliteRecordManager(RecordManager):
                     [self.namespace, *part],
                 )
 
-    def _column(self, column: str, where: str, args: Sequence, tail: str = "") -> list[str]:
-        sql = f"SELECT {column} FROM upsertion_record WHERE namespace = ? AND ({where}){tail}"
+    def _keys(self, where: str, args: Sequence, tail: str = "") -> list[str]:
+        sql = f'SELECT "key" FROM upsertion_record WHERE namespace = ? AND ({where}){tail}'
         return [row[0] for row in self._db.execute(sql, [self.namespace, *args])]
 
     # index() is synchronous here; the async half of the interface is not used
