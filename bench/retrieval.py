@@ -9,6 +9,11 @@ words). `chars` is the mean characters of the top-k passages.
 Baselines as LangChain users build them: BM25Retriever, and RecursiveCharacterTextSplitter
 1000/150 + MiniLM + FAISS. Also prints the score distribution behind the relevance threshold and
 supportbot's retrieval latency (query embedding excluded) on an index scaled to --scale passages.
+
+Settings come through the usual layers (supportbot.toml, SUPPORTBOT_* environment), so a lever can be
+measured without editing code: `SUPPORTBOT_RETRIEVAL_LEAD_BONUS=0.12 python bench/retrieval.py ...`.
+The same run checks the shipped help center with its own questions (`home`: source-hit and value-hit,
+the gold value inside a top-k passage), so a change that helps one domain and hurts another shows.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +34,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bot.app import build_knowledge_base, quiet_libraries  # noqa: E402
-from bot.config import Settings  # noqa: E402
+from bot.config import load_settings  # noqa: E402
+from bot.evaluate import contains, load_questions  # noqa: E402
 
 KS = (1, 4, 8)
+REPO = Path(__file__).resolve().parents[1]
 WORD = re.compile(r"[a-z0-9]+")
 # Questions no help center of this kind answers: the "irrelevant" side of the threshold.
 OUT_OF_SCOPE = [
@@ -87,8 +95,10 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--scale", type=int, default=10_000, help="passages in the latency test")
     ap.add_argument("--data-dir", type=Path, help="reuse an index directory (default: a temporary one)")
-    ap.add_argument("--other-kb", type=Path, default=Path(__file__).resolve().parents[1] / "knowledge_base",
+    ap.add_argument("--other-kb", type=Path, default=REPO / "knowledge_base",
                     help="a folder of another domain: its questions are out of scope here")
+    ap.add_argument("--other-qa", type=Path, default=REPO / "bot" / "demo" / "qa.jsonl",
+                    help="that folder's own questions, for the `home` check")
     args = ap.parse_args()
     quiet_libraries()
     rows = [json.loads(line) for line in args.qa.read_text().splitlines() if line.strip()]
@@ -97,7 +107,7 @@ def main() -> None:
 
     # supportbot
     with tempfile.TemporaryDirectory() as tmp:
-        settings = Settings(kb=args.kb, data_dir=args.data_dir or Path(tmp)).validate()
+        settings = load_settings({"kb": args.kb, "data_dir": args.data_dir or Path(tmp)})
         kb = build_knowledge_base(settings)
         t = time.perf_counter()
         kb.sync()
@@ -120,12 +130,14 @@ def main() -> None:
         threshold = settings.retrieval.threshold
         latency["supportbot"].update(scaled_latency(kb, args.scale))
 
-    other = []
+    other, home = [], {}
     if args.other_kb.is_dir() and args.other_kb.resolve() != args.kb.resolve():
         with tempfile.TemporaryDirectory() as tmp:
-            okb = build_knowledge_base(Settings(kb=args.other_kb, data_dir=Path(tmp)).validate(), embeddings)
+            okb = build_knowledge_base(replace(settings, kb=args.other_kb, data_dir=Path(tmp)).validate(), embeddings)
             okb.sync()
             other = [okb.search(r["question"]).best_score for r in rows]
+            if args.other_qa.is_file():
+                home = home_check(okb, load_questions(args.other_qa))
 
     # baselines
     from langchain_community.retrievers import BM25Retriever
@@ -153,8 +165,8 @@ def main() -> None:
             "other_domain_top": percentiles(other),
             "relevant_above_threshold": round(float(np.mean(np.asarray(gold_scores) >= threshold)), 3),
             "out_of_scope_above_threshold": round(float(np.mean(np.asarray(oos + other) >= threshold)), 3)}
-    payload = {**results, "latency": latency, "scores": dist, "questions": len(rows),
-               "baseline_chunks": len(chunks)}
+    payload = {**results, "home": home, "latency": latency, "scores": dist, "questions": len(rows),
+               "baseline_chunks": len(chunks), "retrieval_settings": asdict(settings.retrieval)}
     if args.json:
         print(json.dumps(payload))
         return
@@ -166,8 +178,25 @@ def main() -> None:
             f"{r['source_hit'][str(k)]:>7.2f} /{r['span_hit'][str(k)]:>5.2f} {r['chars'][str(k)]:>6}c" for k in KS))
     print("supportbot source-hit counting only the file each passage is shown from:",
           " ".join(f"@{k} {results['supportbot']['source_hit_first_file'][str(k)]:.2f}" for k in KS))
+    if home:
+        print(f"home ({args.other_kb.name}, {home['questions']} questions): source-hit",
+              " ".join(f"@{k} {v:.3f}" for k, v in home["source_hit"].items()), "/ value-hit",
+              " ".join(f"@{k} {v:.3f}" for k, v in home["value_hit"].items()))
+    print("retrieval settings:", json.dumps(asdict(settings.retrieval)))
     print("\nlatency:", json.dumps(latency))
     print("score distribution (cosine of best passage):", json.dumps(dist, indent=1))
+
+
+def home_check(kb, questions: list[dict]) -> dict:
+    """supportbot on a second domain with its own answerable questions: a top-k passage from the gold
+    file ("source"), or holding the gold value ("value")."""
+    rows = [q for q in questions if not q.get("out_of_scope") and q.get("source")]
+    found = [kb.search(q["question"], k=max(KS)).passages for q in rows]
+    return {"questions": len(rows),
+            "source_hit": {str(k): round(sum(any(p.source == q["source"] or q["source"] in p.also_in for p in ps[:k])
+                                             for q, ps in zip(rows, found)) / len(rows), 3) for k in (1, 4)},
+            "value_hit": {str(k): round(sum(any(contains(p.text, q["answer"]) for p in ps[:k])
+                                            for q, ps in zip(rows, found)) / len(rows), 3) for k in (1, 4)}}
 
 
 def scaled_latency(kb, n: int) -> dict:

@@ -84,6 +84,7 @@ class IndexView:
         self.vectors = vs.index.reconstruct_n(0, n) if n else np.zeros((0, vs.index.d), dtype=np.float32)
         self.bm25 = BM25([d.page_content for d in self.docs], lexicon=lexicon, ids=self.ids)
         self._shingles: dict[int, tuple[frozenset, tuple]] = {}  # filled by searches; same values from any thread
+        self._lead: np.ndarray | None = None  # see _leads; only a search with lead_bonus needs it
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -105,6 +106,9 @@ class IndexView:
         cosine = dict(zip(order, (self.vectors[order] @ qvec).tolist()))
         top_bm25 = max(lexical.values(), default=1.0)
         fused = {i: cosine[i] + params.lexical_weight * lexical.get(i, 0.0) / top_bm25 for i in order}
+        if params.lead_bonus:
+            lead = self._leads()
+            fused = {i: s + params.lead_bonus * lead[i] for i, s in fused.items()}
         enough = k if params.max_per_source <= 0 else len(fused)  # the cap may need candidates past k
         ranked, also = self._collapse_twins(sorted(fused, key=lambda i: -fused[i]), enough)
         best = _diverse(ranked, self.docs, k, params.max_per_source)
@@ -117,6 +121,20 @@ class IndexView:
                                     cosine[i], self.ids[i], tuple(also[i])))
         return SearchResult(query, passages, params.threshold, time.perf_counter() - t0)
 
+
+    def _leads(self) -> np.ndarray:
+        """True for each file's first passage (lowest offset). Built on first use, not per sync: the
+        default search never needs it, and any thread building it builds the same array."""
+        if self._lead is None:
+            first: dict[str, int] = {}
+            for i, doc in enumerate(self.docs):
+                j = first.setdefault(doc.metadata["source"], i)
+                if doc.metadata.get("start", 0) < self.docs[j].metadata.get("start", 0):
+                    first[doc.metadata["source"]] = i
+            lead = np.zeros(len(self.docs), dtype=np.float32)
+            lead[list(first.values())] = 1.0
+            self._lead = lead
+        return self._lead
 
     def _collapse_twins(self, order: list[int], enough: int) -> tuple[list[int], dict[int, list[str]]]:
         """The first `enough` of `order` with each passage's twins removed, and their files listed

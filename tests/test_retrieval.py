@@ -102,3 +102,23 @@ def test_twins_take_one_slot_and_name_the_other_file(make_kb):
     assert [p.n for p in result.passages] == [1, 2, 3] and len({p.id for p in result.passages}) == 3
     everything = kb.search("How much does standard shipping cost?", k=4).passages
     assert sorted(p.source for p in everything) == sorted(["returns.md", twin.source, "shipping-2027.md"])  # 4 passages, 3 distinct
+
+
+LOCKERS = ("# Parcel lockers\n\nParcel lockers let you collect an order at any hour, close to home, with a code we "
+           "send by email once the parcel is in its locker.\n\n"
+           "## Locker fees\n\nEach parcel sent to a locker costs $2.50, added at checkout.\n")
+
+
+@pytest.mark.parametrize("bonus, first_section", [(0.0, "Locker fees"), (0.5, "")])
+def test_lead_bonus_lifts_each_files_overview_and_keeps_real_scores(make_kb, bonus, first_section):
+    kb = make_kb({"lockers.md": LOCKERS, "returns.md": "# Returns\n\nReturns are free within 60 days of delivery."})
+    kb.sync()
+    kb.settings.retrieval.lead_bonus = bonus
+    q = "How much does it cost to send a parcel to a locker?"
+    passages = kb.search(q, k=2).passages
+    assert [p.source for p in passages] == ["lockers.md", "lockers.md"]
+    assert passages[0].section == first_section
+    qv = np.asarray(kb.embeddings.embed_query(q))
+    view = kb.view()
+    for p in passages:  # the bonus orders; the score shown is still the cosine the threshold is judged on
+        assert p.score == pytest.approx(float(view.vectors[view.ids.index(p.id)] @ qv), abs=1e-5)
