@@ -121,10 +121,10 @@ class IndexView:
                                     cosine[i], self.ids[i], tuple(also[i])))
         return SearchResult(query, passages, params.threshold, time.perf_counter() - t0)
 
-
     def _leads(self) -> np.ndarray:
-        """True for each file's first passage (lowest offset). Built on first use, not per sync: the
-        default search never needs it, and any thread building it builds the same array."""
+        """1.0 for each file's first passage (lowest offset; the earliest indexed on a tie, as PDF pages
+        all start at 0), else 0.0. Built on first use, not per sync: the default search never needs
+        it, and any thread building it builds the same array."""
         if self._lead is None:
             first: dict[str, int] = {}
             for i, doc in enumerate(self.docs):
