@@ -30,6 +30,7 @@ from bot.store import (
     IndexStore,
     Layout,
     Manifest,
+    ManifestEncoder,
     counts_agree,
     load_generation,
     new_faiss,
@@ -88,6 +89,7 @@ class KnowledgeBase:
         self._sync_lock = threading.Lock()
         self._agreed = ""  # a generation whose records and vectors this process knows agree (see _apply)
         self._manifest: tuple[tuple, Manifest] | None = None  # the last file list read, by generation and files.json stat
+        self._encoder = ManifestEncoder()  # keeps the text of unchanged file-list entries between syncs
         self._synced_fingerprint: tuple | None = None
         self._watcher: threading.Thread | None = None
         self._stop = threading.Event()
@@ -124,7 +126,7 @@ class KnowledgeBase:
     # ---------------------------------------------------------------- syncing
     def fingerprint(self) -> tuple:
         """Cheap (stat only) summary of the folder: changes whenever a file is added/edited/removed."""
-        return tuple(sorted(folder_stats(self.settings.kb, self.settings.knowledge.extensions).items()))
+        return tuple(folder_stats(self.settings.kb, self.settings.knowledge.extensions).items())  # walk order: sorted
 
     def is_stale(self) -> bool:
         return self._synced_fingerprint is None or self.fingerprint() != self._synced_fingerprint
@@ -157,7 +159,7 @@ class KnowledgeBase:
                 "check the folder's permissions",
             ) from None
         report = SyncReport(ignored=scan.ignored, files_read=sum(e.data is not None for e in scan.entries.values()))
-        fingerprint = tuple(sorted(scan.stats.items()))
+        fingerprint = tuple(scan.stats.items())  # in walk order, as fingerprint() has it
         with self.store.writer():
             if self.store.current() != live:  # another process synced meanwhile
                 live = self.store.current()
@@ -170,6 +172,9 @@ class KnowledgeBase:
             for rel, entry in scan.entries.items():
                 old = known.get(rel)
                 if old and old["sha256"] == entry.sha256:
+                    if entry.data is None:  # not read: its stat is the one this entry holds, trusted then and now
+                        new_files[rel] = old
+                        continue
                     stat = scan.trusted_stat(rel)
                     new_files[rel] = old if old.get("stat") == stat else _with_stat(old, stat)
                     continue
@@ -200,7 +205,7 @@ class KnowledgeBase:
                 report.chunks_total = sum(f["chunks"] for f in new_files.values())
                 report.generation = live.name
                 if new_files != manifest.files:  # only stats moved (a touch, a checkout): remember them
-                    rewrite_manifest(live, Manifest(manifest.signature, new_files))
+                    rewrite_manifest(live, Manifest(manifest.signature, new_files), self._encoder)
                     self._manifest = None
                 report.seconds = time.perf_counter() - t0
                 return report, fingerprint
@@ -260,7 +265,7 @@ class KnowledgeBase:
             report.unchanged = len(new_files) - len(sources)
             report.files_total = len(new_files)
             report.chunks_total = vs.index.ntotal
-            layout = save_generation(work, vs, Manifest(self.params.signature, new_files), base)
+            layout = save_generation(work, vs, Manifest(self.params.signature, new_files), base, self._encoder)
             rm.close()
             rm = None
             gen = self.store.commit(work)

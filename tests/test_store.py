@@ -102,3 +102,32 @@ def test_a_segment_lost_from_the_live_generation_is_written_again_from_memory(ma
     kb.sync()
     assert len(segments(kb.store.current())) == 1  # written whole, not linked to the lost file
     assert index_content(make_kb()) == clean_build(kb.settings.kb, tmp_path / "clean", embeddings)
+
+
+def _edit_in_place(files):
+    files["a.md"]["stat"][1] += 1  # the same dict and list objects, changed
+
+
+@pytest.mark.parametrize("change", [
+    lambda files: files.update({"b.md": {"sha256": "f" * 64, "chunks": 1}}),  # a file added
+    lambda files: files.pop("a.md"),  # a file gone
+    lambda files: files.update({"a.md": {**files["a.md"], "chunks": 7}}),  # an entry replaced
+    _edit_in_place,  # an entry changed without being replaced: its cached text must not survive
+    lambda files: files.update({"ünïcode/ñame \"quoted\".md": {"sha256": "0" * 64, "chunks": 2}}),
+])
+def test_manifest_encoder_writes_exactly_what_json_dumps_of_the_whole_would(change):
+    files = {"z.md": {"sha256": "1" * 64, "chunks": 2, "stat": [10, 2**62, 2**62, 5]},
+             "a.md": {"sha256": "2" * 64, "chunks": 3, "stat": [20, 2**61, 2**61, 6]}}
+    encoder = bot.store.ManifestEncoder()
+
+    def expected(manifest):
+        whole = {"files": dict(sorted(manifest.files.items())), "signature": manifest.signature,
+                 "version": bot.store.FORMAT_VERSION}
+        return json.dumps(whole, ensure_ascii=False).encode()
+
+    first = bot.store.Manifest("chunker-v1:900:150", files)
+    assert encoder.encode(first) == expected(first)
+    change(files)
+    second = bot.store.Manifest("chunker-v1:800:100", files)
+    assert encoder.encode(second) == expected(second)
+    assert json.loads(encoder.encode(second))["files"] == files
