@@ -95,11 +95,13 @@ class BM25:
         doc = np.repeat(np.arange(self.n), [len(t) for t, _, _ in encoded])
         df = np.bincount(terms, minlength=vocab_size)
         idf = np.log1p((self.n - df + 0.5) / (df + 0.5)).astype(np.float32)
-        norm = k1 * (1 - b + b * lengths / max(float(lengths.mean()) if self.n else 1.0, 1e-9))
-        weight = idf[terms] * tf * (k1 + 1) / (tf + norm[doc])
+        norm = (k1 * (1 - b + b * lengths / max(float(lengths.mean()) if self.n else 1.0, 1e-9))).astype(np.float32)
         order = group_by_term(terms, vocab_size)
-        self.doc, self.weight = doc[order], weight[order].astype(np.float32)
-        self.start = np.searchsorted(terms[order], np.arange(vocab_size + 1))
+        # in term order from here: a term's postings are the next df[t] rows, so its idf repeats df[t]
+        # times and its slice starts at the sum of the df before it
+        self.doc, tf = doc[order], tf[order]
+        self.weight = np.repeat(idf, df) * tf * np.float32(k1 + 1) / (tf + norm[self.doc])
+        self.start = np.concatenate(([0], np.cumsum(df)))
 
     def scores(self, query: str) -> np.ndarray:
         out = np.zeros(self.n, dtype=np.float32)
