@@ -3,8 +3,8 @@
     python bench/sync.py [--files 1000] [--json]
 
 Reports: full build; one file edited; one file deleted (seconds, passages embedded); the ratio of
-the one-file sync to embedding that file's passages alone (goal <= 1.5; 9 edits, each followed by
-embedding its passages alone: the median of the 9 ratios, and all of them); and the full build's
+the one-file sync to embedding that file's passages alone (goal <= 1.5; 21 edits, each followed by
+embedding its passages alone: the median of the 21 ratios, and all of them); and the full build's
 throughput against sentence-transformers encoding the same passages directly (goal: <= 10% overhead).
 All in one process with the same model, so the ratios compare like with like.
 """
@@ -26,7 +26,7 @@ from bot.chunking import split_source  # noqa: E402
 from bot.config import Settings  # noqa: E402
 from bot.documents import read_source, scan_folder  # noqa: E402
 
-REPEATS = 9  # one-file edits, each paired with an embedding of its passages alone
+REPEATS = 21  # one-file edits, each paired with an embedding of its passages alone
 TOPICS = ["billing", "shipping", "refunds", "accounts", "security", "devices", "plans", "integrations"]
 VERBS = ["takes", "costs", "needs", "allows", "requires", "includes", "supports", "limits"]
 THINGS = ["an invoice", "a refund", "a parcel", "a login code", "the warranty", "a sensor", "the app", "a plan"]
@@ -73,7 +73,7 @@ def main() -> None:
         log(f"full build: {args.files} files, {full.chunks_embedded} passages in {t_full:.1f} s")
         noop, t_noop = timed(kb.sync)
 
-        # 9 edits of one file (each a new page), each followed by embedding its passages alone: the
+        # REPEATS edits of one file (each a new page), each followed by embedding its passages alone: the
         # machine's speed drifts by half between minutes here, so each pair is compared
         edited, deleted = 427 % args.files, 123 % args.files  # any two files, also with --files under 428
         deleted = deleted if deleted != edited else (edited + 1) % args.files
