@@ -126,7 +126,8 @@ class KnowledgeBase:
     # ---------------------------------------------------------------- syncing
     def fingerprint(self) -> tuple:
         """Cheap (stat only) summary of the folder: changes whenever a file is added/edited/removed."""
-        return tuple(folder_stats(self.settings.kb, self.settings.knowledge.extensions).items())  # walk order: sorted
+        # in walk order (names sorted within each folder), as the scan's fingerprint in _sync
+        return tuple(folder_stats(self.settings.kb, self.settings.knowledge.extensions).items())
 
     def is_stale(self) -> bool:
         return self._synced_fingerprint is None or self.fingerprint() != self._synced_fingerprint
@@ -172,7 +173,7 @@ class KnowledgeBase:
             for rel, entry in scan.entries.items():
                 old = known.get(rel)
                 if old and old["sha256"] == entry.sha256:
-                    if entry.data is None:  # not read: its stat is the one this entry holds, trusted then and now
+                    if entry.data is None:  # not read: its stat matched the trusted one of this entry, which stands
                         new_files[rel] = old
                         continue
                     stat = scan.trusted_stat(rel)

@@ -290,7 +290,7 @@ class ManifestEncoder:
     took 3.4 ms of a one-file sync at 1,000 files (its 19-digit stat times are slow to format)."""
 
     def __init__(self) -> None:
-        self._texts: dict[str, tuple[dict, str]] = {}  # rel -> (the entry as encoded, a copy; its text)
+        self._texts: dict[str, tuple[dict, str]] = {}  # rel -> (a copy of the entry as encoded, its text)
 
     def encode(self, manifest: Manifest) -> bytes:
         texts = {}
