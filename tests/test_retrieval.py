@@ -122,3 +122,20 @@ def test_lead_bonus_lifts_each_files_overview_and_keeps_real_scores(make_kb, bon
     view = kb.view()
     for p in passages:  # the bonus orders; the score shown is still the cosine the threshold is judged on
         assert p.score == pytest.approx(float(view.vectors[view.ids.index(p.id)] @ qv), abs=1e-5)
+
+
+def test_the_benchmarks_home_check_scores_the_shipped_help_center(shipped):
+    """bench/retrieval.py's second-domain check runs on the shipped questions and finds their facts."""
+    import importlib.util
+
+    from bot.evaluate import load_questions
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("bench_retrieval", REPO / "bench" / "retrieval.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    questions = load_questions(REPO / "bot" / "demo" / "qa.jsonl")
+    home = bench.home_check(shipped, questions)
+    assert home["questions"] == sum(1 for q in questions if not q.get("out_of_scope"))
+    assert set(home["source_hit"]) == set(home["value_hit"]) == {"1", "4"}
+    assert home["value_hit"]["1"] <= home["value_hit"]["4"] and home["value_hit"]["4"] >= 0.9  # 1.0 when measured
