@@ -12,8 +12,8 @@ supportbot's retrieval latency (query embedding excluded) on an index scaled to 
 
 Settings come through the usual layers (supportbot.toml, SUPPORTBOT_* environment), so a lever can be
 measured without editing code: `SUPPORTBOT_RETRIEVAL_LEAD_BONUS=0.12 python bench/retrieval.py ...`.
-The same run checks the shipped help center with its own questions (`home`: source-hit and value-hit,
-the gold value inside a top-k passage), so a change that helps one domain and hurts another shows.
+The same run checks the shipped help center with its own questions (`home`, scored the same way; its
+gold answers are values), so a change that helps one domain and hurts another shows.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bot.app import build_knowledge_base, quiet_libraries  # noqa: E402
 from bot.config import load_settings  # noqa: E402
-from bot.evaluate import contains, load_questions  # noqa: E402
+from bot.evaluate import load_questions  # noqa: E402
 
 KS = (1, 4, 8)
 REPO = Path(__file__).resolve().parents[1]
@@ -179,24 +179,19 @@ def main() -> None:
     print("supportbot source-hit counting only the file each passage is shown from:",
           " ".join(f"@{k} {results['supportbot']['source_hit_first_file'][str(k)]:.2f}" for k in KS))
     if home:
-        print(f"home ({args.other_kb.name}, {home['questions']} questions): source-hit",
-              " ".join(f"@{k} {v:.3f}" for k, v in home["source_hit"].items()), "/ value-hit",
-              " ".join(f"@{k} {v:.3f}" for k, v in home["value_hit"].items()))
+        print(f"home ({args.other_kb.name}, {home['questions']} questions): source / span",
+              " ".join(f"@{k} {home['source_hit'][str(k)]:.3f} / {home['span_hit'][str(k)]:.3f}" for k in KS))
     print("retrieval settings:", json.dumps(asdict(settings.retrieval)))
     print("\nlatency:", json.dumps(latency))
     print("score distribution (cosine of best passage):", json.dumps(dist, indent=1))
 
 
 def home_check(kb, questions: list[dict]) -> dict:
-    """supportbot on a second domain with its own answerable questions: a top-k passage from the gold
-    file ("source"), or holding the gold value ("value")."""
+    """supportbot on a second domain with its own answerable questions, scored as above (there the
+    gold answer is a value, such as a price, so a span hit means the passage holds it)."""
     rows = [q for q in questions if not q.get("out_of_scope") and q.get("source")]
-    found = [kb.search(q["question"], k=max(KS)).passages for q in rows]
-    return {"questions": len(rows),
-            "source_hit": {str(k): round(sum(any(p.source == q["source"] or q["source"] in p.also_in for p in ps[:k])
-                                             for q, ps in zip(rows, found)) / len(rows), 3) for k in (1, 4)},
-            "value_hit": {str(k): round(sum(any(contains(p.text, q["answer"]) for p in ps[:k])
-                                            for q, ps in zip(rows, found)) / len(rows), 3) for k in (1, 4)}}
+    ranked = [[((p.source, *p.also_in), p.text) for p in kb.search(q["question"], k=max(KS)).passages] for q in rows]
+    return {"questions": len(rows), **score(rows, ranked)}
 
 
 def scaled_latency(kb, n: int) -> dict:

@@ -47,7 +47,7 @@ class RetrievalSettings:
     max_per_source: int = _f(0, "at most this many passages of one file in the top k (0: no cap)")
     lead_bonus: float = _f(0.0, "added to the fused score of each file's first passage, its overview, for users "
                            "who open with vague questions (0.12: doc2dial source-hit@4 0.86 -> 0.91, span-hit@1 "
-                           "0.58 -> 0.67, but the shipped help center's value-hit@4 1.0 -> 0.95; see README)")
+                           "0.58 -> 0.67, but the shipped help center's span-hit@4 1.0 -> 0.95; see README)")
 
 
 @dataclass
