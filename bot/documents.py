@@ -12,10 +12,11 @@ import io
 import logging
 import os
 import re
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,10 @@ class FolderScan:
     ignored: list[str] = field(default_factory=list)  # other file types, noted once
     stats: dict[str, tuple] = field(default_factory=dict)  # rel -> stat_key, as in folder_stats
     started_ns: int = 0  # wall clock when the scan began: stats changed after it minus RACY_NS are not trusted
+    order: list[str] = field(default_factory=list)  # every file seen, indexable or not, in walk order
+    # symlinks and files with other hard links: an edit through another name shows in no folder
+    # watch (`bot.journal`), so `rescan` looks at these every time
+    volatile: set[str] = field(default_factory=set)
 
     def skip(self, rel: str, reason: str, keep_previous: bool = True) -> None:
         log.warning("skipped %s: %s", rel, reason)
@@ -79,17 +84,24 @@ class Source:
     pages: tuple[str, ...] = ()
 
 
-def walk_folder(root: Path, extensions: list[str]):
+def _suffixes(extensions: list[str]) -> tuple[str, ...]:
+    # for str.endswith (a tenth of splitext's cost); "md" means ".md", never "readmd"
+    return tuple("." + e.lower().lstrip(".") for e in extensions)
+
+
+def walk_folder(root: Path, extensions: list[str], enter: Callable[[str, str], None] | None = None):
     """Yield (relative POSIX path, os.DirEntry, indexable?) for every file under `root`.
 
     Subfolders are included; hidden entries and symlinked folders are left out. The one walker
     behind both the sync's scan and the watcher's cheap stat check, so the two always agree.
     Plain strings and DirEntry, not pathlib: at 1,000 files pathlib cost 30 ms a walk.
+    `enter(folder, prefix)` is called before each folder is listed (a journal starts watching it).
     """
-    # for str.endswith (a tenth of splitext's cost); "md" means ".md", never "readmd"
-    exts = tuple("." + e.lower().lstrip(".") for e in extensions)
+    exts = _suffixes(extensions)
 
     def walk(folder: str, prefix: str):
+        if enter is not None:
+            enter(folder, prefix)
         with os.scandir(folder) as it:
             listing = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
         folders = []
@@ -121,7 +133,14 @@ def folder_stats(root: Path, extensions: list[str]) -> dict[str, tuple]:
     return stats
 
 
-def scan_folder(root: Path, extensions: list[str], max_bytes: int, known: dict[str, dict] | None = None) -> FolderScan:
+def walk_key(rel: str) -> tuple:
+    """Sort key of `walk_folder`'s order: in each folder its files by name, then its subfolders."""
+    *folders, name = rel.split("/")
+    return (*((1, f) for f in folders), (0, name))
+
+
+def scan_folder(root: Path, extensions: list[str], max_bytes: int, known: dict[str, dict] | None = None,
+                enter: Callable[[str, str], None] | None = None) -> FolderScan:
     """Stat every indexable file under `root` (see `walk_folder`), and read and hash the changed ones.
 
     `known` is the last sync's file list (rel -> {"sha256", "stat"}): a file whose stat equals its
@@ -130,7 +149,8 @@ def scan_folder(root: Path, extensions: list[str], max_bytes: int, known: dict[s
     scan = FolderScan(started_ns=time.time_ns())
     root = root.resolve()
     known = known or {}
-    for rel, entry, indexable in walk_folder(root, extensions):
+    for rel, entry, indexable in walk_folder(root, extensions, enter):
+        scan.order.append(rel)
         if indexable:
             _scan_file(scan, root, entry, rel, max_bytes, known.get(rel))
         else:
@@ -138,6 +158,75 @@ def scan_folder(root: Path, extensions: list[str], max_bytes: int, known: dict[s
     if scan.ignored:
         log.info("ignored %d file(s) of other types, e.g. %s", len(scan.ignored), scan.ignored[0])
     return scan
+
+
+def rescan(prev: FolderScan, changed: set[str], root: Path, extensions: list[str], max_bytes: int,
+           known: dict[str, dict] | None = None) -> FolderScan | None:
+    """What `scan_folder(root, extensions, max_bytes, known)` would return now, given the previous
+    scan and the names changed since (from `bot.journal`), without statting every file.
+
+    Looked at again: the changed names, the files skipped or volatile last time, and any file
+    that `known` does not hold with the sha256 seen last time. The rest keep their entry, unread.
+    None where only a full scan can tell (a changed name is now a folder, cannot be statted, or is
+    a new hard link to a file).
+    """
+    scan = FolderScan(started_ns=time.time_ns())
+    root = root.resolve()
+    known = known or {}
+    exts = _suffixes(extensions)
+    recheck = changed | prev.volatile | {s.rel for s in prev.skipped}
+    order = prev.order
+    if not changed.issubset(prev.stats.keys()):  # stats has most names: the full set only when needed
+        seen = set(order)
+        if not changed.issubset(seen):
+            order = sorted(seen | changed, key=walk_key)
+    ignored = set(prev.ignored)
+    for rel in order:
+        if rel not in recheck:
+            old = prev.entries.get(rel)
+            if old is not None and (known.get(rel) or {}).get("sha256") == old.sha256:
+                scan.entries[rel] = old if old.data is None else FileEntry(rel, old.path, old.sha256)
+                scan.stats[rel] = prev.stats[rel]
+                scan.order.append(rel)
+                continue
+            if rel in ignored:
+                scan.ignored.append(rel)
+                scan.order.append(rel)
+                continue
+        path = os.path.join(root, rel)
+        try:
+            lst = os.lstat(path)
+        except FileNotFoundError:
+            continue  # gone: removed, or renamed (the new name is among the changed)
+        except OSError:
+            return None
+        if stat.S_ISDIR(lst.st_mode):
+            return None
+        if stat.S_ISLNK(lst.st_mode) and os.path.isdir(path):
+            continue  # a symlinked folder, left out as by the walk
+        scan.order.append(rel)
+        if rel.lower().endswith(exts):
+            _scan_file(scan, root, _Found(path, lst), rel, max_bytes, known.get(rel))
+            if rel in scan.volatile and rel not in prev.volatile and not stat.S_ISLNK(lst.st_mode):
+                return None  # a new hard link: its other name here, unchanged to the journal, moved too
+        else:
+            scan.ignored.append(rel)
+    return scan
+
+
+class _Found:
+    """The parts of an `os.DirEntry` that `_scan_file` uses, for a file found by name."""
+
+    __slots__ = ("path", "_lstat")
+
+    def __init__(self, path: str, lstat: os.stat_result):
+        self.path, self._lstat = path, lstat
+
+    def is_symlink(self) -> bool:
+        return stat.S_ISLNK(self._lstat.st_mode)
+
+    def stat(self) -> os.stat_result:
+        return os.stat(self.path) if self.is_symlink() else self._lstat
 
 
 def _outside_target(root: Path, entry: os.DirEntry) -> Path | None:
@@ -157,6 +246,10 @@ def _scan_file(scan: FolderScan, root: Path, entry: os.DirEntry, rel: str, max_b
             return scan.skip(rel, f"symlink to {target}, outside the knowledge base", keep_previous=False)
         st = entry.stat()
         scan.stats[rel] = key = stat_key(st)  # taken before reading: a later edit shows next time
+        if not stat.S_ISREG(st.st_mode):  # a FIFO would block the read forever; a device never ends
+            return scan.skip(rel, "not a regular file", keep_previous=False)
+        if st.st_nlink > 1 or entry.is_symlink():
+            scan.volatile.add(rel)
         if st.st_size > max_bytes:
             return scan.skip(rel, f"{st.st_size / 2**20:.1f} MB is over the {max_bytes / 2**20:.0f} MB limit")
         if known and known.get("stat") == list(key):

@@ -21,8 +21,9 @@ import numpy as np
 
 from bot.chunking import ChunkParams, split_source
 from bot.config import Settings
-from bot.documents import Skipped, folder_stats, read_source, scan_folder, stat_key
+from bot.documents import FolderScan, Skipped, folder_stats, read_source, rescan, scan_folder, stat_key
 from bot.errors import KnowledgeBaseError
+from bot.journal import FolderJournal
 from bot.lexical import Lexicon
 from bot.records import purge, reconcile
 from bot.retrieval import IndexView, SearchResult
@@ -91,6 +92,8 @@ class KnowledgeBase:
         self._manifest: tuple[tuple, Manifest] | None = None  # the last file list read, by generation and files.json stat
         self._encoder = ManifestEncoder()  # keeps the text of unchanged file-list entries between syncs
         self._synced_fingerprint: tuple | None = None
+        self._journal = FolderJournal()  # names changed since the last scan: the next one looks at those alone
+        self._last_scan: FolderScan | None = None  # the base of that next scan; None: scan in full
         self._watcher: threading.Thread | None = None
         self._stop = threading.Event()
         self.last_report: SyncReport | None = None
@@ -130,11 +133,21 @@ class KnowledgeBase:
         return tuple(folder_stats(self.settings.kb, self.settings.knowledge.extensions).items())
 
     def is_stale(self) -> bool:
-        return self._synced_fingerprint is None or self.fingerprint() != self._synced_fingerprint
+        if self._synced_fingerprint is None:
+            return True
+        if self._last_scan is not None:
+            pending = self._journal.pending()
+            if pending is not None:
+                return pending
+        return self.fingerprint() != self._synced_fingerprint
 
     def sync(self, rebuild: bool = False, allow_empty: bool = False, progress: bool = False) -> SyncReport:
         with self._sync_lock:
-            report, fingerprint = self._sync(rebuild, allow_empty, progress)
+            try:
+                report, fingerprint = self._sync(rebuild, allow_empty, progress)
+            except BaseException:
+                self._last_scan = None  # its changes may not be in the index: look at everything next time
+                raise
             self._synced_fingerprint = fingerprint  # from the scan's own stats: no second walk
             report.finished_at = time.time()
             self.last_report, self.last_error = report, ""
@@ -148,12 +161,11 @@ class KnowledgeBase:
                 f"knowledge-base folder {root} does not exist or is not a folder; the index was left as it was",
                 "pass --kb DIR or set kb in supportbot.toml",
             )
-        k = self.settings.knowledge
         live = self.store.current()  # read outside the lock, as a stat cache only: a stat -> sha256 fact holds in any generation
         manifest = self._manifest_of(live, rebuild)
         try:
             cache = manifest.files if manifest.signature == self.params.signature else None
-            scan = scan_folder(root, k.extensions, int(k.max_file_mb * 2**20), cache)
+            scan = self._scan(root, cache)
         except OSError as err:
             raise KnowledgeBaseError(
                 f"cannot read the knowledge-base folder {root} ({err.strerror or err}); the index was left as it was",
@@ -213,11 +225,25 @@ class KnowledgeBase:
             vs, gen, layout = self._apply(live, rebuild or not fresh, known, sources, gone, new_files, report, scan.entries, progress)
         report.seconds = time.perf_counter() - t0
         report.generation = gen.name
-        self._view = IndexView(vs, gen.name, self._lexicon)  # atomic swap: readers move over on their next search
+        # derived from the view it replaces: only the changed passages are tokenized and merged in
+        self._view = IndexView(vs, gen.name, self._lexicon, self._view)  # atomic swap: readers move over on their next search
         self._layout = (gen.name, layout)
         self._manifest = ((gen.name, stat_key((gen / "files.json").stat())), Manifest(self.params.signature, new_files))
         log.info("sync: %s", report.summary())
         return report, fingerprint
+
+    def _scan(self, root: Path, known: dict | None) -> FolderScan:
+        """`scan_folder`, narrowed to the files the journal saw change where it can vouch for the rest."""
+        k = self.settings.knowledge
+        max_bytes = int(k.max_file_mb * 2**20)
+        changed = self._journal.changes() if self._last_scan is not None else None
+        scan = rescan(self._last_scan, changed, root, k.extensions, max_bytes, known) if changed is not None else None
+        if scan is None:
+            self._last_scan = None
+            self._journal.restart()
+            scan = scan_folder(root, k.extensions, max_bytes, known, self._journal.watch)
+        self._last_scan = scan
+        return scan
 
     def _apply(self, live, rebuild, known, sources, gone, new_files, report, entries, progress):
         """Write the changes into a new generation and publish it. Returns (vectorstore, generation, layout)."""

@@ -69,6 +69,16 @@ class Lexicon:
         return [self.vocab[t] for t in set(tokenize(query)) if t in self.vocab]
 
 
+def _postings(encoded: list[tuple[np.ndarray, np.ndarray, int]], positions: np.ndarray):
+    """(terms, counts, passage of each, passage lengths) of encoded passages, in passage order."""
+    if not encoded:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    terms = np.concatenate([t for t, _, _ in encoded])
+    tf = np.concatenate([f for _, f, _ in encoded])
+    doc = np.repeat(positions, [len(t) for t, _, _ in encoded])
+    return terms, tf, doc, np.array([n for _, _, n in encoded], dtype=np.float32)
+
+
 def group_by_term(terms: np.ndarray, vocab_size: int) -> np.ndarray:
     """`np.argsort(terms, kind="stable")`, fast: numpy radix-sorts 16-bit keys, so sort by 16-bit
     digits (one pass, or two for a bigger vocabulary). On int64 keys the sort was 2/3 of building BM25."""
@@ -86,21 +96,41 @@ class BM25:
     def __init__(self, texts: list[str], k1: float = 1.2, b: float = 0.75,
                  lexicon: Lexicon | None = None, ids: list[str] | None = None):
         self.lexicon = lexicon or Lexicon()
+        self.k1, self.b = k1, b
         encoded = self.lexicon.passages(ids or [str(i) for i in range(len(texts))], texts)
-        self.n = len(texts)
-        vocab_size = len(self.lexicon.vocab)
-        lengths = np.array([n for _, _, n in encoded], dtype=np.float32)
-        terms = np.concatenate([t for t, _, _ in encoded]) if encoded else np.zeros(0, dtype=np.int64)
-        tf = np.concatenate([f for _, f, _ in encoded]) if encoded else np.zeros(0, dtype=np.float32)
-        doc = np.repeat(np.arange(self.n), [len(t) for t, _, _ in encoded])
-        df = np.bincount(terms, minlength=vocab_size)
+        terms, tf, doc, lengths = _postings(encoded, np.arange(len(texts)))
+        order = group_by_term(terms, len(self.lexicon.vocab))
+        self._finish(terms[order], tf[order], doc[order], lengths)
+
+    def derive(self, moved: np.ndarray, added: np.ndarray, texts: list[str]) -> BM25:
+        """This index after an edit, tokenizing and sorting only what was added: `moved[p]` is the
+        new position of passage p (-1: removed), and `texts` are new passages at positions `added`.
+        Its scores are those of a fresh `BM25` over the new passages with the same lexicon."""
+        new = BM25.__new__(BM25)
+        new.lexicon, new.k1, new.b = self.lexicon, self.k1, self.b
+        kept = moved[self.doc] >= 0  # dropping the removed passages' postings keeps them term-sorted
+        terms, tf, doc = self.terms[kept], self.tf[kept], moved[self.doc[kept]]
+        a_terms, a_tf, a_doc, a_lengths = _postings([self.lexicon.encode(t) for t in texts], added)
+        order = np.argsort(a_terms, kind="stable")
+        a_terms = a_terms[order]
+        at = np.searchsorted(terms, a_terms, side="right")  # each added posting after its term's kept ones
+        old = np.flatnonzero(moved >= 0)
+        lengths = np.zeros(len(old) + len(added), dtype=np.float32)
+        lengths[moved[old]] = self.lengths[old]
+        lengths[added] = a_lengths
+        new._finish(np.insert(terms, at, a_terms), np.insert(tf, at, a_tf[order]), np.insert(doc, at, a_doc[order]), lengths)
+        return new
+
+    def _finish(self, terms: np.ndarray, tf: np.ndarray, doc: np.ndarray, lengths: np.ndarray) -> None:
+        """Weights from term-sorted postings: a term's postings are the next df[t] rows."""
+        k1, b = self.k1, self.b
+        self.n = len(lengths)
+        self.terms, self.tf, self.doc, self.lengths = terms, tf, doc, lengths
+        df = np.bincount(terms, minlength=len(self.lexicon.vocab))
         idf = np.log1p((self.n - df + 0.5) / (df + 0.5)).astype(np.float32)
         norm = (k1 * (1 - b + b * lengths / max(float(lengths.mean()) if self.n else 1.0, 1e-9))).astype(np.float32)
-        order = group_by_term(terms, vocab_size)
-        # in term order from here: a term's postings are the next df[t] rows, so its idf repeats df[t]
-        # times and its slice starts at the sum of the df before it
-        self.doc, tf = doc[order], tf[order]
-        self.weight = np.repeat(idf, df) * tf * np.float32(k1 + 1) / (tf + norm[self.doc])
+        # its idf repeats df[t] times, and its slice starts at the sum of the df before it
+        self.weight = np.repeat(idf, df) * tf * np.float32(k1 + 1) / (tf + norm[doc])
         self.start = np.concatenate(([0], np.cumsum(df)))
 
     def scores(self, query: str) -> np.ndarray:

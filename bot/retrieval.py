@@ -75,14 +75,25 @@ class SearchResult:
 class IndexView:
     """A read-only snapshot of the index. Never mutated after construction: safe to share."""
 
-    def __init__(self, vs, generation: str = "", lexicon: Lexicon | None = None):
+    def __init__(self, vs, generation: str = "", lexicon: Lexicon | None = None, previous: IndexView | None = None):
+        """`previous`: the view this one replaces, whose lexical index is reused for the passages
+        both hold (a passage id is the hash of its content: same id, same text)."""
         self.vs = vs
         self.generation = generation
         n = vs.index.ntotal
         self.ids = [vs.index_to_docstore_id[i] for i in range(n)]
-        self.docs: list[Document] = [vs.docstore.search(i) for i in self.ids]
+        stored = vs.docstore._dict  # a plain dict lookup: docstore.search returns a string for a missing id
+        self.docs: list[Document] = [stored[i] for i in self.ids]
         self.vectors = vs.index.reconstruct_n(0, n) if n else np.zeros((0, vs.index.d), dtype=np.float32)
-        self.bm25 = BM25([d.page_content for d in self.docs], lexicon=lexicon, ids=self.ids)
+        if previous is not None and previous.bm25.lexicon is lexicon and len(previous):
+            position = {i: p for p, i in enumerate(self.ids)}
+            moved = np.fromiter((position.get(i, -1) for i in previous.ids), dtype=np.int64, count=len(previous))
+            was = set(previous.ids)
+            added = [p for p, i in enumerate(self.ids) if i not in was]
+            self.bm25 = previous.bm25.derive(moved, np.asarray(added, dtype=np.int64),
+                                             [self.docs[p].page_content for p in added])
+        else:
+            self.bm25 = BM25([d.page_content for d in self.docs], lexicon=lexicon, ids=self.ids)
         self._shingles: dict[int, tuple[frozenset, tuple]] = {}  # filled by searches; same values from any thread
         self._lead: np.ndarray | None = None  # see _leads; only a search with lead_bonus needs it
 

@@ -91,6 +91,22 @@ def test_symlink_outside_the_folder_is_refused(tmp_path):
     assert skip.rel == "leak.txt" and "outside the knowledge base" in skip.reason
 
 
+def test_a_fifo_named_like_a_document_is_skipped_not_read(tmp_path):
+    import threading
+
+    root = tmp_path / "kb"
+    root.mkdir()
+    (root / "a.md").write_text("# A\n\nText.")
+    os.mkfifo(root / "pipe.md")  # opening it to read would wait for a writer forever
+    result = []
+    scanning = threading.Thread(target=lambda: result.append(scan_folder(root, [".md"], MB)), daemon=True)
+    scanning.start()
+    scanning.join(timeout=20)
+    assert result, "the scan blocked on the FIFO"
+    assert list(result[0].entries) == ["a.md"]
+    assert [(s.rel, s.reason, s.keep_previous) for s in result[0].skipped] == [("pipe.md", "not a regular file", False)]
+
+
 def test_file_deleted_while_scanning(tmp_path):
     (tmp_path / "gone.md").write_text("# Gone\n\nSoon.")
     (entry,) = os.scandir(tmp_path)  # listed by the walk, then deleted before its stat

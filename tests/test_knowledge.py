@@ -9,6 +9,8 @@ import time
 import pytest
 
 from bot.errors import KnowledgeBaseError
+from bot.documents import rescan
+from bot.retrieval import IndexView
 from conftest import clean_build, index_content, write
 
 A = "# Refunds\n\nRefunds take 5 business days.\n\n## Exceptions\n\nGift cards are refunded as a new gift card.\n"
@@ -20,7 +22,14 @@ def sources(kb):
     return sorted(kb.view().sources().items())
 
 
-def test_add_edit_delete_rename_round_trip(make_kb, embeddings, tmp_path):
+@pytest.mark.parametrize("journal", [True, False], ids=["journal", "full-scans"])
+def test_add_edit_delete_rename_round_trip(make_kb, embeddings, tmp_path, monkeypatch, journal):
+    import bot.knowledge
+
+    if not journal:  # as on a system without inotify: every sync stats every file
+        monkeypatch.setattr("bot.journal._LIBC", None)
+    narrowed = []
+    monkeypatch.setattr(bot.knowledge, "rescan", lambda *a: narrowed.append(a[1]) or rescan(*a))
     kb = make_kb({"refunds.md": A, "sub/shipping.md": B, "hours.txt": C})
     r = kb.sync()
     assert sorted(r.added) == ["hours.txt", "refunds.md", "sub/shipping.md"]
@@ -37,6 +46,8 @@ def test_add_edit_delete_rename_round_trip(make_kb, embeddings, tmp_path):
     r = kb.sync()
     assert r.changed == ["refunds.md"] and r.unchanged == 2
     assert kb.embeddings.embedded == ["Refunds\nRefunds take 7 business days."]
+    if journal:  # the journal named the one file edited: no other was statted or read
+        assert narrowed[-1] == {"refunds.md"} and r.files_read == 1
     assert (r.chunks_embedded, r.chunks_deleted, r.chunks_total) == (1, 1, 4)
     texts = [t for s, t in index_content(kb) if s == "refunds.md"]
     assert any("7 business days" in t for t in texts) and not any("5 business days" in t for t in texts)
@@ -57,6 +68,10 @@ def test_add_edit_delete_rename_round_trip(make_kb, embeddings, tmp_path):
     view = kb.view()
     assert len(set(view.ids)) == len(view.ids) == len(view.vs.docstore._dict) == view.vs.index.ntotal
     assert index_content(kb) == clean_build(kb.settings.kb, tmp_path / "clean", embeddings)
+    assert len(narrowed) == (4 if journal else 0)
+    fresh = IndexView(view.vs, lexicon=kb._lexicon)  # the view each sync derived from the one before
+    for query in ("refund gift card", "shipping rates", "opening hours"):
+        assert view.bm25.top(query, 4) == fresh.bm25.top(query, 4)
 
 
 def test_unchanged_files_are_not_read_and_same_size_edits_are_found(make_kb, monkeypatch):
@@ -238,7 +253,10 @@ def test_chunker_change_rebuilds_and_rebuild_flag(make_kb):
     assert r.added == ["refunds.md"] and r.chunks_embedded == r.chunks_total
 
 
-def test_sync_and_watcher_see_the_folder_the_same_way(make_kb, tmp_path):
+@pytest.mark.parametrize("journal", [True, False], ids=["journal", "stat-walk"])
+def test_sync_and_watcher_see_the_folder_the_same_way(make_kb, tmp_path, monkeypatch, journal):
+    if not journal:  # staleness by comparing the folder's stats with the last sync's
+        monkeypatch.setattr("bot.journal._LIBC", None)
     outside = tmp_path / "outside"
     outside.mkdir()
     write(outside / "secret.md", "# Secret\n\nNot for the index.")
@@ -249,3 +267,5 @@ def test_sync_and_watcher_see_the_folder_the_same_way(make_kb, tmp_path):
     assert not kb.is_stale()  # else the watcher would re-sync on every poll
     write(kb.settings.kb / "refunds.md", A + "\nMore.")
     assert kb.is_stale()
+    kb.sync()  # narrowed to refunds.md where the journal works: its stats must still be the whole folder's
+    assert not kb.is_stale() and kb.fingerprint() == kb._synced_fingerprint

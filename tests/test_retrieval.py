@@ -28,6 +28,34 @@ def test_bm25_with_a_shared_lexicon_scores_like_a_fresh_one():
     assert np.allclose(shared.scores("free refund shipping"), BM25(texts).scores("free refund shipping"))
 
 
+TEXTS = ["refunds take five days", "shipping is free", "the refund policy", "free refunds on shipping",
+         "gift cards are refunded as a gift card", "shipping to Canada takes ten days"]
+
+
+@pytest.mark.parametrize("removed, added", [
+    ((), ["zebras ship free"]),  # a term no passage had
+    ((1,), []),
+    ((0, 2), ["free shipping forever", "refund refund refund"]),
+    ((0, 1, 2, 3, 4, 5), ["only this one"]),
+    ((0, 1, 2, 3, 4, 5), []),
+])
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_a_derived_bm25_scores_exactly_like_a_fresh_one(removed, added, shuffle):
+    lexicon = Lexicon()
+    old = BM25(TEXTS, lexicon=lexicon, ids=[f"id{i}" for i in range(len(TEXTS))])
+    after = [(f"id{i}", t) for i, t in enumerate(TEXTS) if i not in removed] + [(f"new{j}", t) for j, t in enumerate(added)]
+    if shuffle:  # kept passages need not keep their order
+        np.random.default_rng(len(after)).shuffle(after)
+    position = {i: p for p, (i, _) in enumerate(after)}
+    moved = np.array([position.get(f"id{i}", -1) for i in range(len(TEXTS))])
+    new_at = np.array([p for p, (i, _) in enumerate(after) if i.startswith("new")], dtype=np.int64)
+    derived = old.derive(moved, new_at, [after[p][1] for p in new_at])
+    fresh = BM25([t for _, t in after], lexicon=lexicon, ids=[i for i, _ in after])
+    for query in ["refund", "free shipping", "zebras", "gift card days", "only one", "nothing matches"]:
+        assert np.array_equal(derived.scores(query), fresh.scores(query)), query
+        assert derived.top(query, 3) == fresh.top(query, 3)
+
+
 @pytest.fixture(scope="module")
 def shipped(tmp_path_factory, embeddings):
     from bot.config import Settings
