@@ -66,6 +66,11 @@ class FolderScan:
         log.warning("skipped %s: %s", rel, reason)
         self.skipped.append(Skipped(rel, reason, keep_previous))
 
+    def forget_bytes(self) -> None:
+        for rel, entry in self.entries.items():
+            if entry.data is not None:
+                self.entries[rel] = entry._replace(data=None)
+
     def trusted_stat(self, rel: str) -> list[int] | None:
         """The file's stat if a later scan may trust it instead of hashing (None: too recent)."""
         key = self.stats.get(rel)

@@ -3,12 +3,13 @@
 A sync's scan stats every file: 8-13 ms at 1,000 files, the largest part of a one-file sync after
 the embedding. While a process keeps its `KnowledgeBase` (the server, the watcher, a benchmark),
 Linux inotify can name the changed files instead, as git's fsmonitor does; `documents.rescan`
-then looks at those alone.
+then looks at those alone. Only on local file systems: an edit made on another machine to a
+network share shows in no watch here.
 
 The journal only ever narrows a scan it can vouch for. It answers None, and the caller scans in
 full (which starts a fresh journal), before its first scan and after anything it cannot follow:
 a folder created, removed or renamed, an event queue overflow, a watch it could not add (the
-per-user inotify limits), a system without inotify. Edits that no folder watch sees (through a
+per-user inotify limits), a system without inotify, a network file system. Edits that no folder watch sees (through a
 symlink or another hard link) are covered by `FolderScan.volatile`.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import re
 import struct
 import sys
 import threading
@@ -50,6 +52,33 @@ def _load_libc():
 
 _LIBC = _load_libc()
 
+# Where every change is made through this kernel, so its watches see them all. A network or FUSE
+# file system (NFS, SMB, sshfs, a Docker Desktop share) changes under us unseen: scan in full there.
+LOCAL_FILESYSTEMS = frozenset("ext2 ext3 ext4 xfs btrfs tmpfs overlay zfs f2fs jfs reiserfs bcachefs ramfs".split())
+
+
+def filesystem_type(path: str, mountinfo: str) -> str:
+    """The type of the file system holding `path`, from /proc/self/mountinfo's text ("" if none)."""
+    best, kind = -1, ""
+    for line in mountinfo.splitlines():
+        fields, _, rest = line.partition(" - ")
+        parts = fields.split()
+        if len(parts) < 5 or not rest:
+            continue
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), parts[4])  # "\040" is a space
+        inside = path == point or path.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= best:  # the deepest mount wins; of equal ones, the later
+            best, kind = len(point), rest.split()[0]
+    return kind
+
+
+def _local(folder: str) -> bool:
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as fh:
+            return filesystem_type(folder, fh.read()) in LOCAL_FILESYSTEMS
+    except OSError:
+        return False
+
 
 class FolderJournal:
     """Names changed under one folder since the last `changes()`, from folder watches that a full
@@ -67,11 +96,12 @@ class FolderJournal:
     def available(self) -> bool:
         return _LIBC is not None
 
-    def restart(self) -> None:
-        """Forget everything and open a fresh watch; a full scan follows and calls `watch`."""
+    def restart(self, root: str) -> None:
+        """Forget everything and open a fresh watch on `root`'s file system if it is a local one;
+        a full scan follows and calls `watch` for each folder."""
         with self._lock:
             self._reset()
-            if _LIBC is None:
+            if _LIBC is None or not _local(root):
                 return
             fd = _LIBC.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
             if fd < 0:  # EMFILE: max_user_instances (often 128) inotify instances open already

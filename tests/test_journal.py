@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(not FolderJournal().available, reason="inotify i
 
 def started(root) -> tuple[FolderJournal, object]:
     journal = FolderJournal()
-    journal.restart()
+    journal.restart(str(root))
     return journal, scan_folder(root, EXTS, MB, None, journal.watch)
 
 
@@ -61,7 +61,7 @@ def test_a_folder_change_asks_for_a_full_scan(tmp_path, folder_change):
      "chmod": lambda: os.chmod(root / "sub", 0o700)}[folder_change]()
     assert journal.pending() is None and journal.changes() is None
     (root / ".hidden").mkdir()  # a hidden folder is never walked: no reason to scan in full
-    journal.restart()
+    journal.restart(str(root))
     (root / ".cache").mkdir()
     assert journal.changes() == set()
 
@@ -81,7 +81,7 @@ def test_an_overflowing_queue_asks_for_a_full_scan(tmp_path):
 def test_without_inotify_the_journal_never_vouches(monkeypatch, tmp_path):
     monkeypatch.setattr(journal_module, "_LIBC", None)
     journal = FolderJournal()
-    journal.restart()
+    journal.restart(str(tmp_path))
     journal.watch(str(tmp_path), "")
     assert not journal.available and journal.changes() is None and journal.pending() is None
 
@@ -143,7 +143,7 @@ def test_rescan_equals_a_full_scan_after_random_edits(tmp_path, seed):
         assert changed is not None, "only files changed: the journal can vouch"
         narrowed = rescan(scan, changed, root, EXTS, MB, known)
         if narrowed is None:  # a new hard link: scan in full, as the knowledge base does
-            journal.restart()
+            journal.restart(str(root))
             scan = scan_folder(root, EXTS, MB, known, journal.watch)
             continue
         narrowed_scans += 1
@@ -161,3 +161,30 @@ def test_a_name_that_became_a_folder_needs_a_full_scan(tmp_path):
     (root / "a.md").unlink()
     (root / "a.md").mkdir()
     assert rescan(scan, {"a.md"}, root, EXTS, MB, known_of(scan)) is None
+
+
+MOUNTINFO = r"""22 27 0:21 / /proc rw,relatime - proc proc rw
+27 1 253:1 / / rw,relatime - ext4 /dev/vda rw
+40 27 0:50 / /srv/kb rw - nfs4 server:/kb rw
+41 40 0:51 / /srv/kb/local\040copy rw - tmpfs tmpfs rw
+42 27 0:52 / /srv/kbx rw - fuse.sshfs host:/x rw
+43 27 0:53 / /srv/kbx rw - ext4 /dev/vdb rw
+"""
+
+
+@pytest.mark.parametrize("path, kind", [
+    ("/", "ext4"), ("/home/a/kb", "ext4"), ("/srv/kb", "nfs4"), ("/srv/kb/sub/x", "nfs4"),
+    ("/srv/kb/local copy/x", "tmpfs"), ("/srv/kbx/a", "ext4"),  # mounted over: the later mount wins
+    ("/srv/kbxy", "ext4"), ("/proc/self", "proc"),
+])
+def test_the_file_system_of_a_path_is_its_deepest_mount(path, kind):
+    assert journal_module.filesystem_type(path, MOUNTINFO) == kind
+
+
+def test_on_a_network_file_system_the_journal_never_vouches(monkeypatch, tmp_path):
+    monkeypatch.setattr(journal_module, "filesystem_type", lambda path, mountinfo: "nfs4")
+    journal, _ = started(tmp_path)
+    assert journal.changes() is None and journal.pending() is None
+    monkeypatch.undo()
+    journal, _ = started(tmp_path)  # this machine's own disk
+    assert journal.changes() == set()
