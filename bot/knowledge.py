@@ -1,9 +1,10 @@
 """The knowledge base: a folder kept in sync with a FAISS index, and searched.
 
-A sync is proportional to the change: files whose stat is unchanged are not even read, the rest
-are hashed, and only new or edited files are parsed, split and handed to LangChain's indexing API
-(which skips passages whose hash it already holds); deleted files are purged by source through
-the record manager. The change is written as a new generation that shares the unchanged segments
+A sync is proportional to the change: files whose stat is unchanged are not even read (and
+while this object lives, `bot.journal` names the changed files, so the others are not even
+statted), the rest are hashed, and only new or edited files are parsed, split and handed to
+LangChain's indexing API (which skips passages whose hash it already holds); deleted files are
+purged by source through the record manager. The change is written as a new generation that shares the unchanged segments
 of the live one, and published atomically (`bot.store`). Readers keep the previous `IndexView` until
 the new one is built, so a search never waits for a sync.
 """
