@@ -72,6 +72,11 @@ def filesystem_type(path: str, mountinfo: str) -> str:
     return kind
 
 
+def usable(folder: str) -> bool:
+    """Whether a journal can follow `folder`: inotify here, and a local file system under it."""
+    return _LIBC is not None and _local(folder)
+
+
 def _local(folder: str) -> bool:
     try:
         with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as fh:
@@ -92,16 +97,12 @@ class FolderJournal:
         self._complete = False  # every folder watched, and nothing missed since
         self._lock = threading.Lock()  # the sync and the watcher's staleness check may both read events
 
-    @property
-    def available(self) -> bool:
-        return _LIBC is not None
-
     def restart(self, root: str) -> None:
         """Forget everything and open a fresh watch on `root`'s file system if it is a local one;
         a full scan follows and calls `watch` for each folder."""
         with self._lock:
             self._reset()
-            if _LIBC is None or not _local(root):
+            if not usable(root):
                 return
             fd = _LIBC.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
             if fd < 0:  # EMFILE: max_user_instances (often 128) inotify instances open already
