@@ -272,3 +272,26 @@ def test_sync_and_watcher_see_the_folder_the_same_way(make_kb, tmp_path, monkeyp
     assert kb.is_stale()
     kb.sync()  # narrowed to refunds.md where the journal works: its stats must still be the whole folder's
     assert not kb.is_stale() and kb.fingerprint() == kb._synced_fingerprint
+
+
+@pytest.mark.slow  # 11 s: a second copy of the model, and 24 passages embedded twice
+def test_the_sync_benchmark_reports_every_figure(monkeypatch, capsys):
+    """bench/sync.py on a small folder (the README quotes it at 1,000 files): it must keep running."""
+    import importlib.util
+    import json
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("bench_sync", REPO / "bench" / "sync.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setattr("sys.argv", ["sync.py", "--files", "12", "--repeats", "3", "--json"])
+    bench.main()
+    report = json.loads(capsys.readouterr().out)
+    assert report["full_build"]["passages_embedded"] == 24  # 2 sections a page
+    assert report["no_change"]["passages_embedded"] == 0
+    edited = report["one_file_edited"]
+    assert edited["passages_embedded"] == 2 and len(edited["ratios"]) == 3
+    assert edited["ratio_to_embedding_alone"] == edited["ratios"][1] > 0
+    assert report["one_file_deleted"]["passages_deleted"] == 2
+    assert report["ingestion"]["paired_batches"] == 1 and report["ingestion"]["sentence_transformers_passages_per_s"] > 0
