@@ -62,10 +62,12 @@ def test_a_folder_change_asks_for_a_full_scan(tmp_path, folder_change):
      "rename": lambda: os.rename(root / "sub", root / "moved"),
      "chmod": lambda: os.chmod(root / "sub", 0o700)}[folder_change]()
     assert journal.pending() is None and journal.changes() is None
-    (root / ".hidden").mkdir()  # a hidden folder is never walked: no reason to scan in full
-    journal.restart(str(root))
-    (root / ".cache").mkdir()
+    journal, _ = started(root)  # the full scan that follows watches the folders anew
+    (root / ".cache").mkdir()  # a hidden folder is never walked: no reason to scan in full
+    os.rmdir(root / ".cache")
     assert journal.changes() == set()
+    (root / "visible").mkdir()
+    assert journal.changes() is None
 
 
 def test_an_overflowing_queue_asks_for_a_full_scan(tmp_path):
