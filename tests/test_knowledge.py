@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from bot.errors import KnowledgeBaseError
 from bot.documents import rescan
+from bot.errors import KnowledgeBaseError
 from bot.retrieval import IndexView
 from conftest import clean_build, index_content, write
 
