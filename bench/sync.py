@@ -94,8 +94,8 @@ def main() -> None:
         log(f"full build: {args.files} files, {full.chunks_embedded} passages in {t_full:.1f} s")
         noop, t_noop = timed(kb.sync)
 
-        # --repeats edits of one file (each a new page), each followed by embedding its passages alone: the
-        # machine's speed drifts by half between minutes here, so each pair is compared
+        # --repeats edits of one file (each a new page), each followed by embedding its passages
+        # alone: the machine's speed drifts by half between minutes here, so each pair is compared
         edited, deleted = 427 % args.files, 123 % args.files  # any two files, also with --files under 428
         deleted = deleted if deleted != edited else (edited + 1) % args.files
         target = folder / rel(edited)
@@ -113,7 +113,6 @@ def main() -> None:
 
         (folder / rel(deleted)).unlink()
         delete, t_delete = timed(kb.sync)
-
 
     payload = {
         "files": args.files,
