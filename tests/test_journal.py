@@ -103,7 +103,8 @@ def test_closing_releases_the_descriptor(tmp_path):
 def _edit(rng: random.Random, root, step: int) -> None:
     files = sorted(p for p in root.rglob("*") if p.is_file() and not p.is_symlink())
     folders = [root, root / "sub", root / "sub" / "deep"]
-    kind = rng.choice(["add", "add", "edit", "edit", "same", "delete", "rename", "ignored", "big", "chmod", "touch", "link"])
+    kind = rng.choice(["add", "add", "edit", "edit", "same", "delete", "rename", "ignored", "big", "chmod", "touch",
+                       "link", "save"])
     target = rng.choice(files) if files else None
     if kind == "add" or target is None:
         (rng.choice(folders) / f"n{step}{rng.choice(['.md', '.txt'])}").write_text(f"# New {step}\n\nText {rng.random()}")
@@ -123,6 +124,10 @@ def _edit(rng: random.Random, root, step: int) -> None:
         target.chmod(0o200 if target.stat().st_mode & 0o400 else 0o644)  # unreadable (but to root), and back
     elif kind == "touch":
         os.utime(target)
+    elif kind == "save":  # as editors save: a hidden temporary file renamed over the document
+        temporary = target.parent / f".{target.name}.{step}.tmp"
+        temporary.write_text(f"# Saved {step}\n\n{rng.random()}")
+        os.replace(temporary, target)
     elif kind == "link":  # a second name for a file: edits through one show only as the other's stat
         other = rng.choice(folders) / f"l{step}.md"
         os.link(target, other)
