@@ -240,8 +240,7 @@ class KnowledgeBase:
         max_bytes = int(k.max_file_mb * 2**20)
         changed = self._journal.changes() if self._last_scan is not None else None
         scan = rescan(self._last_scan, changed, root, k.extensions, max_bytes, known) if changed is not None else None
-        if scan is None:
-            self._last_scan = None
+        if scan is None:  # should the full scan fail, sync() drops the kept scan
             self._journal.restart(str(root.resolve()))
             scan = scan_folder(root, k.extensions, max_bytes, known, self._journal.watch)
         self._last_scan = scan
