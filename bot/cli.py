@@ -306,7 +306,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         ChatPage(bot).launch(block=True)
     finally:
-        bot.kb.stop_watching()
+        bot.kb.close()
     return 0
 
 

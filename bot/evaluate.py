@@ -171,6 +171,7 @@ def run_eval(settings, questions: list[dict], adapter: str | None = None, limit:
         inscope = [q for q in questions if not q.get("out_of_scope")][:limit]
         questions = inscope + [q for q in questions if q.get("out_of_scope")][: max(1, limit // 4)]
     tmp = Path(tempfile.mkdtemp(prefix="supportbot-eval-"))
+    bot = None
     try:
         shutil.copytree(settings.kb, tmp / "kb", symlinks=False, ignore=shutil.ignore_patterns(".*"))
         local = replace(settings, kb=tmp / "kb", data_dir=tmp / "data")
@@ -200,6 +201,8 @@ def run_eval(settings, questions: list[dict], adapter: str | None = None, limit:
                 "examples": {m: [{"question": r["q"]["question"], "gold": r["q"].get("answer", ""),
                                   "answer": r["a"]["text"]} for r in results[m][:3]] for m in MODES}}
     finally:
+        if bot is not None:
+            bot.kb.close()  # its folder journal watches the copy removed next
         shutil.rmtree(tmp, ignore_errors=True)
 
 

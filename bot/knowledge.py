@@ -381,6 +381,20 @@ class KnowledgeBase:
             self._watcher.join(timeout=30)
             self._watcher = None
 
+    def close(self) -> None:
+        """Stop the watcher and give back the folder journal (an inotify instance: Linux allows a
+        user 128 by default). The index stays searchable, and a later sync scans in full."""
+        self.stop_watching()
+        with self._sync_lock:
+            self._journal.close()
+            self._last_scan = None
+
+    def __enter__(self) -> KnowledgeBase:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 def _with_stat(meta: dict, stat: list[int] | None) -> dict:
     """A file-list entry carrying the stat the next scan may trust (none when it was too recent)."""

@@ -64,9 +64,13 @@ def make_kb(tmp_path, embeddings):
         settings = Settings(kb=kb_dir, data_dir=tmp_path / "data")
         for key, value in knowledge.items():
             setattr(settings.knowledge, key, value)
-        return KnowledgeBase(settings.validate(), CountingEmbeddings(embeddings))
+        made.append(KnowledgeBase(settings.validate(), CountingEmbeddings(embeddings)))
+        return made[-1]
 
-    return make
+    made = []
+    yield make
+    for kb in made:
+        kb.close()
 
 
 def write(path: Path, content: str | bytes) -> None:

@@ -246,6 +246,30 @@ def test_watcher_picks_up_edits_within_seconds(make_kb):
         kb.stop_watching()
 
 
+def inotify_fds() -> int:
+    return sum(os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:inotify" for fd in os.listdir("/proc/self/fd")
+               if os.path.exists(f"/proc/self/fd/{fd}"))
+
+
+def test_close_gives_back_the_journal_and_keeps_the_index(make_kb):
+    """A process that opens many knowledge bases (the eval, a test run) must not run out of inotify
+    instances (128 a user by default); a closed one still answers, and syncs with full scans."""
+    before = inotify_fds()
+    with make_kb({"refunds.md": A}, watch_seconds=0.2) as kb:
+        kb.sync()
+        kb.start_watching()
+        assert inotify_fds() == before + 1
+    assert inotify_fds() == before and kb._watcher is None
+    assert kb.search("refund").passages[0].source == "refunds.md"
+    write(kb.settings.kb / "shipping.md", B)
+    assert kb.is_stale()
+    assert kb.sync().added == ["shipping.md"]
+    assert inotify_fds() == before + 1  # the full scan opened a new journal
+    kb.close()
+    kb.close()  # twice is harmless
+    assert inotify_fds() == before
+
+
 def test_chunker_change_rebuilds_and_rebuild_flag(make_kb):
     kb = make_kb({"refunds.md": A})
     kb.sync()
