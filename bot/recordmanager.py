@@ -92,6 +92,14 @@ class SqliteRecordManager(RecordManager):
 
     def list_keys(self, *, before: float | None = None, after: float | None = None,
                   group_ids: Sequence[str] | None = None, limit: int | None = None) -> list[str]:
+        if group_ids and len(group_ids) > CHUNK:  # a group's keys are its own: slices never overlap
+            keys: list[str] = []
+            for part in _slices(list(dict.fromkeys(group_ids))):
+                keys += self.list_keys(before=before, after=after, group_ids=part,
+                                       limit=limit - len(keys) if limit else None)
+                if limit and len(keys) >= limit:
+                    break
+            return keys
         where, args = [], []
         if after:  # falsy bounds are ignored, as SQLRecordManager ignores them
             where.append("updated_at > ?")

@@ -1,5 +1,6 @@
 """The sqlite3 record manager against LangChain's SQLRecordManager: same answers, same file."""
 
+import sqlite3
 import time
 
 import pytest
@@ -69,9 +70,15 @@ def test_reads_the_file_the_other_wrote(tmp_path, writer, reader):
 
 def test_more_keys_than_one_statement_may_bind(tmp_path):
     rm = ours(tmp_path / "r.sqlite")
+    rm._db.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)  # as SQLite builds before 3.32 do
     keys = [f"k{i}" for i in range(3 * CHUNK + 7)]
-    rm.update(keys, group_ids=["a.md"] * len(keys))
+    groups = [f"g{i % (2 * CHUNK + 3)}.md" for i in range(len(keys))]  # more groups than one statement binds
+    rm.update(keys, group_ids=groups)
     assert all(rm.exists(keys)) and len(rm.list_keys()) == len(keys)
+    assert sorted(rm.list_keys(group_ids=groups)) == sorted(keys)  # each group named up to twice
+    named = sorted(set(groups))[1:] + ["absent.md"]  # all groups but one
+    assert sorted(rm.list_keys(group_ids=named)) == sorted(k for k, g in zip(keys, groups) if g in named)
+    assert len(rm.list_keys(group_ids=groups, limit=CHUNK + 10)) == CHUNK + 10
     rm.delete_keys(keys[5:])
     assert sorted(rm.list_keys()) == sorted(keys[:5])
 
