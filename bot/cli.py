@@ -163,11 +163,14 @@ def cmd_sync(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     from bot.app import build_knowledge_base
 
+    from bot.dialogue import clean_message
+
     settings = _settings(args)
+    question = clean_message(args.question, settings.chain.max_message_chars)  # as `ask` and the page take it
     kb = build_knowledge_base(settings)
     if settings.knowledge.auto_sync and not args.no_sync:
         kb.sync()
-    result = kb.search(args.question)
+    result = kb.search(question)
     if args.json:
         _emit(args, result.to_dict(), "")
         return 0

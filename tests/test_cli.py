@@ -43,6 +43,11 @@ def test_errors_are_one_clear_message(tmp_path, capsys):
     assert "does not exist" in err and "Traceback" not in err
     code, _, err = run(capsys, "sync", "--kb", str(tmp_path), "--data-dir", str(tmp_path / "inside"))
     assert code == 2 and "inside the knowledge base" in err
+    (tmp_path / "kb").mkdir()
+    common = ["--kb", str(tmp_path / "kb"), "--data-dir", str(tmp_path / "d")]
+    for question, says in [(" \u202e ", "the message is empty"), ("x" * 5000, "5,000 characters long")]:
+        code, out, err = run(capsys, "search", question, *common, "--json")
+        assert code == 2 and out == "" and says in err and "Traceback" not in err
 
 
 def test_console_script_is_installed(tmp_path):
