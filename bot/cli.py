@@ -162,7 +162,6 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from bot.app import build_knowledge_base
-
     from bot.dialogue import clean_message
 
     settings = _settings(args)
