@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from bot import demo
 from bot.config import Settings
 
 
@@ -55,10 +54,13 @@ def build_knowledge_base(settings: Settings, embeddings=None):
 
 
 def adapter_registry(settings: Settings, loaded):
-    """The adapters in settings.adapters_dir, plus the demo's voices when the model is the demo."""
+    """The adapters in settings.adapters_dir, plus the shipped voices when the model is the default one."""
+    from pathlib import Path
+
+    from bot import basemodel
     from bot.adapters import AdapterRegistry
 
-    shipped = demo.ADAPTERS_DIR if demo.is_demo_model(loaded.name) else None
+    shipped = basemodel.VOICES_DIR if Path(loaded.name).name == basemodel.MODEL_NAME else None
     return AdapterRegistry(loaded, settings.adapters_dir, shipped)
 
 

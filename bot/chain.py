@@ -19,12 +19,14 @@ from typing import Iterator
 
 from langchain_core.runnables import RunnableGenerator, RunnableLambda
 
-from bot import demo, dialogue, prompts
+from bot import dialogue, prompts
 from bot.config import Settings
 from bot.generation import GenerationStats, Generator
-from bot.grounding import (asked_value, best_fit, best_sentences, carries, cited_numbers, copied_share, fit,
-                           proper_names, term_weights, unsupported, without_frames)
+from bot.grounding import (CITATION, asked_value, best_fit, best_sentences, carries, cited_numbers, copied_share,
+                           extract_values, fit, proper_names, term_weights, unsupported, without_frames)
+from bot.release import SentenceGate
 from bot.retrieval import KnowledgeRetriever, Passage
+
 
 @dataclass
 class Answer:
@@ -131,52 +133,61 @@ class SupportChain:
             yield piece
 
     def _answer(self, state: dict, voice: prompts.Voice) -> Iterator[dict]:
-        loaded, ms = self.generator.loaded, self.settings.model
+        loaded, ms, cs = self.generator.loaded, self.settings.model, self.settings.chain
         budget = loaded.context - min(ms.max_new_tokens, loaded.context // 2) - 8
-        cs, is_demo = self.settings.chain, demo.is_demo_model(loaded.name)
-        keep = cs.passage_sentences if cs.passage_sentences >= 0 else (2 if is_demo else 0)
-        min_copied = cs.min_copied if cs.min_copied >= 0 else (0.5 if is_demo else 0.0)
         full = {p.n: p for p in state["passages"]}
-        shown = [replace(p, text=prompts.select_sentences(p.text, state["question"], keep)) for p in state["passages"]]
+        shown = [replace(p, text=prompts.select_sentences(p.text, state["question"], cs.passage_sentences))
+                 for p in state["passages"]]
         shown = prompts.fit_passages(lambda m: len(loaded.encode(m)), state["question"], shown, budget)
         if not shown:  # a context window too small for even one passage: do not answer blind
             yield from self._refuse(state, voice)
             return
         messages = prompts.answer_messages(state["question"], shown)
         passages = [full[p.n] for p in shown]
+        names = self._proper_names()
+        evidence_of = {p.n: f"{_heading(p)} {p.text}" for p in passages}
+
+        def grounded(sentence: str) -> bool:  # its values are in the passages it cites (or, citing none, in one shown)
+            cited = cited_numbers(sentence, len(passages))
+            return not unsupported(sentence, [evidence_of[n] for n in cited] or list(evidence_of.values()), names)
+
+        # whole-answer checks need the whole answer before any of it is shown
+        hold = bool(cs.min_copied) or bool(cs.require_asked_value) or bool(cs.require_closest)
+        gate = SentenceGate(grounded) if cs.grounding == "fallback" else SentenceGate.passing()
         timings = {"retrieve_s": round(state["retrieve_s"], 4)}
         stats, pieces = GenerationStats(), []
-        for piece in self._generate(state, messages, timings, stats, [p.text for p in shown]):
+        stream = self._generate(state, messages, timings, stats, [p.text for p in shown])
+        for piece in stream:
             pieces.append(piece)
-            yield {"type": "token", "text": piece}
+            if hold:
+                continue
+            for released in gate.feed(piece):
+                yield {"type": "token", "text": released}
+            if gate.closed:  # a sentence failed the check, or the model repeats itself: stop it now
+                break
+        stream.close()
+        stopped = stats.stopped and not gate.closed  # by the reader (a Stop button), not by the gate
+        if not hold and not stopped:
+            for released in gate.finish():
+                yield {"type": "token", "text": released}
         generated = "".join(pieces).strip()
         cited = cited_numbers(generated, len(passages))
         evidence = [p for p in passages if p.n in cited] or passages
-        flagged = unsupported(generated, [f"{_heading(p)} {p.text}" for p in evidence], self._proper_names()) \
-            if cs.grounding != "off" else []
-        frames = (voice.opener, voice.closer, *demo.FRAMES) if is_demo else (voice.opener, voice.closer)
-        uncopied = bool(min_copied) and copied_share(generated, [p.text for p in shown], frames) < min_copied
-        text, kind, question = generated, "answer", state["question"]
-        asked = asked_value(question)
-        # any passage shown, not only those over the threshold: the fused ranking put them here,
-        # and "return ... within 60 days" may sit at cosine 0.27 under a question about returns
+        flagged = unsupported(generated, [evidence_of[p.n] for p in evidence], names) if cs.grounding != "off" else []
+        question, asked = state["question"], asked_value(state["question"])
+        text, kind = (generated if hold else gate.text), "answer"
         holding = [p for p in passages if carries(p.text, asked)] if asked else []
-        on = lambda flag: flag if flag >= 0 else is_demo  # noqa: E731 (-1: the demo model only)
-        unanswered = bool(on(cs.require_asked_value) and asked and holding) and not carries(generated, asked)
+        weights = term_weights(list(evidence_of.values())) if holding else {}
+        fits = {p.n: best_fit(p.text, question, asked, _heading(p), weights) for p in holding}
         # Retrieval does not know what kind of value is asked for: among the passages holding that
         # kind, the closest is the one whose sentence fits the question best
-        weights = term_weights([f"{_heading(p)} {p.text}" for p in passages]) if holding else {}
-        fits = {p.n: best_fit(p.text, question, asked, _heading(p), weights) for p in holding}
         closest = max(holding, key=lambda p: (fits[p.n], p.score)) if holding else None
-        misfit = False
-        if on(cs.require_closest) and closest is not None:
-            # the answer is credited with the headings of the passages its values come from, not
-            # of those it cites: "$4.99 [1]" under the heading Premium is still the Plus price
-            origin = [p for p in passages if not unsupported(generated, [p.text])] or evidence
-            misfit = fit(without_frames(generated, frames), question, asked, " ".join(_heading(p) for p in origin),
-                         weights) < fits[closest.n]
-        if not stats.stopped and (not generated or uncopied or unanswered or misfit
-                                  or (flagged and cs.grounding == "fallback")):
+        replace_it = not stopped and not text
+        if hold and not stopped:
+            replace_it = replace_it or self._fails_whole_checks(generated, passages, shown, question, asked, voice,
+                                                                 closest, fits, weights)
+            replace_it = replace_it or bool(flagged and cs.grounding == "fallback")
+        if replace_it:
             # retrieval ranks better than a small model cites, and better than word overlap when
             # no kind of value is asked (on doc2dial, choosing by overlap cut token F1 0.332 -> 0.277)
             if closest is not None and cs.quote_asked_value:
@@ -187,11 +198,34 @@ class SupportChain:
                 quote = best_sentences(best.text, question)
             text = voice.frame(prompts.fallback_text(quote, best.n))
             kind, cited = "fallback", [best.n]
+            yield {"type": "token", "text": text}
+        elif hold:
+            yield {"type": "token", "text": text}
+        else:
+            cited = cited_numbers(text, len(passages))
         timings["total_s"] = round(time.perf_counter() - state["t0"], 4)
+        timings["new_tokens"] = stats.new_tokens
+        timings["generate_s"] = round(stats.seconds, 4)
         yield {"type": "answer", "answer": Answer(
             text=text, adapter=state["adapter"], kind=kind, question=state["question"], flagged=flagged,
             sources=[_source(p, p.n in cited) for p in passages], generated=generated,
-            stopped=stats.stopped, timings=timings)}
+            stopped=stopped, timings=timings)}
+
+    def _fails_whole_checks(self, generated, passages, shown, question, asked, voice, closest, fits, weights) -> bool:
+        """The optional whole-answer checks (chain.min_copied, require_asked_value, require_closest)."""
+        cs = self.settings.chain
+        frames = (voice.opener, voice.closer)
+        if cs.min_copied and copied_share(generated, [p.text for p in shown], frames) < cs.min_copied:
+            return True
+        if cs.require_asked_value and asked and closest is not None and not carries(generated, asked):
+            return True
+        if cs.require_closest and closest is not None:
+            # the answer is credited with the headings of the passages its values come from, not
+            # of those it cites: "$4.99 [1]" under the heading Premium is still the Plus price
+            origin = [p for p in passages if not unsupported(generated, [p.text])] or passages
+            heads = " ".join(_heading(p) for p in origin)
+            return fit(without_frames(generated, frames), question, asked, heads, weights) < fits[closest.n]
+        return False
 
     def _contact(self) -> tuple[str, list[Passage]]:
         result = self.kb.search(self.settings.chain.handoff_query)
@@ -209,13 +243,29 @@ class SupportChain:
 
     def _converse(self, state: dict, voice: prompts.Voice, offer_person: bool) -> Iterator[dict]:
         messages = prompts.conversation_messages(state["message"], state["history"])
+        names = self._proper_names()
+        # small talk has no passages, so it may state no value at all: a price, a number, an
+        # e-mail, a phone, a URL or a plan name there could only be made up
+        gate = SentenceGate(lambda s: not extract_values(s, names) and not CITATION.search(s))
         timings, stats, pieces = {}, GenerationStats(), []
-        for piece in self._generate(state, messages, timings, stats):
+        stream = self._generate(state, messages, timings, stats)
+        for piece in stream:
             pieces.append(piece)
-            yield {"type": "token", "text": piece}
+            for released in gate.feed(piece):
+                yield {"type": "token", "text": released}
+            if gate.closed:
+                break
+        stream.close()
+        stopped = stats.stopped and not gate.closed
+        if not stopped:
+            for released in gate.finish():
+                yield {"type": "token", "text": released}
         generated = "".join(pieces).strip()
-        text, used = generated or voice.frame("How can I help you today?"), []
-        if offer_person and not stats.stopped:
+        text, used = gate.text, []
+        if not text and not stopped:
+            text = voice.frame(prompts.SMALL_TALK.get(state["kind"], "How can I help you today?"))
+            yield {"type": "token", "text": text}
+        if offer_person and not stopped:
             contact, used = self._contact()
             extra = prompts.handoff_text(contact, 1 if used else None)
             yield {"type": "token", "text": "\n\n" + extra}
@@ -224,7 +274,8 @@ class SupportChain:
         yield {"type": "answer", "answer": Answer(
             text=text, adapter=state["adapter"], kind="handoff" if state["kind"] == dialogue.HANDOFF else "conversation",
             question=state["message"], sources=[_source(p, True) for p in used], generated=generated,
-            stopped=stats.stopped, timings=timings)}
+            flagged=[v.text for v in extract_values(generated, names)] if gate.refused else [],
+            stopped=stopped, timings=timings)}
 
     def _proper_names(self) -> set[str]:
         view = self.kb.view()

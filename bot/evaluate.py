@@ -143,7 +143,7 @@ def _summary(rows: list[dict], markers: list[str], stale: list[dict]) -> dict:
 def edit_facts(kb: Path, questions: list[dict], count: int, seed: int) -> list[dict]:
     """Replace the gold value of up to `count` questions in their source file by a value found
     nowhere in the knowledge base; returns those questions with {"answer": new, "old": old}."""
-    from bot.demo.data import redraw_digits
+    from bot.rows import redraw_digits
 
     rng = random.Random(seed)
     corpus = "\n".join(p.read_text(encoding="utf-8", errors="replace") for p in kb.rglob("*") if p.is_file())

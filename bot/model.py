@@ -107,7 +107,9 @@ def _dtype(wanted: str, device: str):
     table = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
              "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
     if wanted == "auto":
-        return torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+        from bot.training import bf16_supported
+
+        return torch.bfloat16 if bf16_supported(device) else torch.float32
     if wanted not in table:
         raise ModelError(f"unknown model.dtype {wanted!r}", "use auto, fp32, bf16 or fp16")
     return table[wanted]
@@ -129,15 +131,11 @@ def cannot_load_hint(name: str) -> str:
 
 
 def load_model(settings: ModelSettings, name: str | None = None) -> LoadedModel:
-    from bot import demo
-
     name = name or settings.name
-    if not name:  # the embedded demo model, shipped in the package
-        if not demo.is_built():
-            raise ModelError("no --model given and the embedded demo model is not built",
-                             "run `supportbot demo build` (minutes on 2 cores), or pass --model with a hub id "
-                             "(cached) or a local folder, e.g. --model ./models/Qwen2.5-0.5B-Instruct")
-        name = str(demo.MODEL_DIR)
+    if not name:  # the default: SmolLM2 with the grounded LoRA merged, fetched and converted on first use
+        from bot import basemodel
+
+        name = str(basemodel.ensure_default(basemodel.cache_root(settings.cache_dir), basemodel.progress_bar()))
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

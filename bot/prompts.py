@@ -26,6 +26,11 @@ CONVERSATION_INSTRUCTIONS = (
     "You are a customer-support assistant. Reply to the customer's message in one or two friendly "
     "sentences. Do not state prices, policies or other facts."
 )
+# Said (in the voice's frame) when the model's small talk had to be withheld: it stated a value
+SMALL_TALK = {"greeting": "Hello! How can I help you today?", "thanks": "You're welcome!",
+              "goodbye": "Goodbye, and thank you for contacting us.",
+              "complaint": "I'm sorry that did not help. Could you tell me more about what you need?",
+              "handoff": "Of course."}
 _DELIMITER = re.compile(r"<\s*/?\s*passage", re.I)
 
 

@@ -13,7 +13,7 @@ import logging
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -73,8 +73,17 @@ def _batches(rows: list[Example], pad: int):
 
 
 def _loss(model, rows: list[Example], pad: int, device: str):
+    """Mean cross-entropy at the answer tokens (what `model(labels=...).loss` gives), with the output
+    layer applied only there: most of a row is prompt, and projecting every prompt position onto a
+    49k-token vocabulary was most of a step's cost on SmolLM2."""
+    import torch.nn.functional as F
+
     ids, labels, mask = (t.to(device) for t in _batches(rows, pad))
-    return model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = inner.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1]
+    target = labels[:, 1:]
+    chosen = target != -100
+    return F.cross_entropy(inner.get_output_embeddings()(hidden[chosen]).float(), target[chosen])
 
 
 def evaluate(model, rows: list[Example], pad: int, device: str, batch: int = 8) -> float:
@@ -91,6 +100,30 @@ def evaluate(model, rows: list[Example], pad: int, device: str, batch: int = 8) 
             total += _loss(model, chunk, pad, device).item() * n
             count += n
     return total / max(count, 1)
+
+
+def bf16_supported(device: str) -> bool:
+    """Whether bf16 math is native here (AVX512-BF16/AMX on CPU): elsewhere it is emulated and slower."""
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def precision_context(precision: str, device: str):
+    """A context manager factory: bf16 autocast (weights and LoRA stay fp32) or nothing."""
+    import contextlib
+
+    import torch
+
+    if precision == "fp32" or (precision == "auto" and not bf16_supported(device)):
+        return contextlib.nullcontext
+    kind = "cuda" if device.startswith("cuda") else "cpu"
+    return lambda: torch.autocast(kind, dtype=torch.bfloat16)
 
 
 def run_signature(args: TrainArgs, rows: list[Example]) -> str:
@@ -140,9 +173,15 @@ def train_adapter(
     torch.manual_seed(args.seed)
     targets = args.target_modules if args.target_modules == "all-linear" else [
         t.strip() for t in args.target_modules.split(",") if t.strip()]
+    layers = getattr(loaded.model.config, "num_hidden_layers", 0)
+    only = list(range(max(0, layers - args.top_layers), layers)) if 0 < args.top_layers < layers else None
+    if only and targets == "all-linear":  # peft takes a layer list only with module names
+        targets = sorted({name.rsplit(".", 1)[-1] for name, mod in loaded.model.named_modules()
+                          if isinstance(mod, torch.nn.Linear) and ".layers." in name})
     config = LoraConfig(r=args.rank, lora_alpha=args.alpha, lora_dropout=args.dropout,
-                        target_modules=targets, task_type="CAUSAL_LM")
+                        target_modules=targets, task_type="CAUSAL_LM", layers_to_transform=only)
     model = get_peft_model(loaded.model, config)
+    autocast = precision_context(args.precision, loaded.device)
     pad = loaded.tokenizer.pad_token_id
     steps_per_epoch = math.ceil(len(train) / args.batch_size)
     total = args.max_steps or max(1, math.ceil(args.epochs * steps_per_epoch))
@@ -163,7 +202,8 @@ def train_adapter(
     try:
         for step in range(start, total):
             model.train()
-            loss = _loss(model, batch_at(train, step, args.batch_size, args.seed), pad, loaded.device)
+            with autocast():
+                loss = _loss(model, batch_at(train, step, args.batch_size, args.seed), pad, loaded.device)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
@@ -253,7 +293,9 @@ def train_voice(
         raise SupportbotError(f"{target} already exists", "pass --overwrite to replace it (a rescan picks up the new one)")
     rows, report = load_rows(data, args.placeholders, fill)
     check_bad_share(report, args.max_bad_fraction)
-    loaded = load_model(settings.model, name=base)
+    # trained in fp32 weights (bf16 autocast for the math where it pays: train.precision)
+    model_settings = replace(settings.model, dtype="fp32") if settings.model.dtype == "auto" else settings.model
+    loaded = load_model(model_settings, name=base)
     encoded = []
     for row in rows:
         ex = encode(loaded, row.messages, row.line)

@@ -122,7 +122,7 @@ def load_tiny(folder: Path):
     from bot.config import ModelSettings
     from bot.model import load_model
 
-    return load_model(ModelSettings(name=str(folder)))
+    return load_model(ModelSettings(name=str(folder), dtype="fp32"))
 
 
 def train_voice(base: Path, out: Path, reply: str, prompts=None, steps: int = 30, card: dict | None = None,
@@ -137,6 +137,24 @@ def train_voice(base: Path, out: Path, reply: str, prompts=None, steps: int = 30
         rows.append(encode(loaded, [*messages, {"role": "assistant", "content": reply}]))
     args = TrainArgs(max_steps=steps, lr=lr, batch_size=len(rows), dropout=0.0, seed=seed)
     return train_adapter(loaded, rows, rows[:2], out, args, card or {"voice": "test"})
+
+
+@pytest.fixture(scope="session")
+def default_model() -> Path:
+    """The default generator's folder (SmolLM2-135M-Instruct + the shipped grounded LoRA merged).
+
+    Tests download nothing: `supportbot model fetch` (in the README's test command) puts the GGUF
+    in the cache; converting and merging it here needs no network. Without it: a skip on a
+    developer's machine, a failure in CI."""
+    from bot import basemodel
+    from bot.app import quiet_libraries
+
+    quiet_libraries()
+    cache = basemodel.cache_root(os.environ.get("SUPPORTBOT_MODEL_CACHE_DIR"))
+    if not (cache / "downloads" / basemodel.GGUF).is_file():
+        message = f"the default model is not fetched into {cache}: run `supportbot model fetch`"
+        pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
+    return basemodel.ensure_default(cache)
 
 
 @pytest.fixture(scope="session")

@@ -113,7 +113,10 @@ def raw_bot(tiny_base, adapters, index_dir, embeddings):
 
 
 def test_a_wrong_value_is_caught_and_the_best_passage_quoted_instead(raw_bot):
-    answer = raw_bot.chain.ask(PRICE_Q, adapter="liar")
+    events = list(raw_bot.chain.stream(PRICE_Q, adapter="liar"))
+    shown = "".join(e["text"] for e in events if e["type"] == "token")
+    answer = events[-1]["answer"]
+    assert "$7.77" not in shown and shown == answer.text  # nothing shown is taken back
     assert "$7.77" in answer.generated and [f[:5] for f in answer.flagged] == ["$7.77"]
     assert answer.kind == "fallback" and "$7.77" not in answer.text and "$4.99" in answer.text
     assert answer.text.startswith('Here is what our help center says: "')
@@ -198,11 +201,20 @@ def test_a_follow_up_is_searched_as_a_standalone_question(bot):
     assert any("return" in s["source"] for s in answer.sources)
 
 
-def test_tokens_stream_before_the_answer_and_add_up_to_it(bot):
-    events = list(bot.chain.stream(PRICE_Q, adapter="truthful"))
+def test_tokens_stream_before_the_answer_and_add_up_to_it(tiny_base, adapters, index_dir, embeddings):
+    unchecked = make_bot(tiny_base, adapters, index_dir, embeddings, grounding="off")
+    events = list(unchecked.chain.stream(PRICE_Q, adapter="truthful"))
     tokens = [e["text"] for e in events if e["type"] == "token"]
     assert len(tokens) > 3 and events[-1]["type"] == "answer"
     assert "".join(tokens).strip() == events[-1]["answer"].generated
+
+
+def test_checked_answers_are_released_sentence_by_sentence_and_add_up_to_the_answer(bot):
+    events = list(bot.chain.stream(PRICE_Q, adapter="truthful"))
+    tokens = [e["text"] for e in events if e["type"] == "token"]
+    answer = events[-1]["answer"]
+    assert tokens and "".join(tokens).strip() == answer.text == answer.generated
+    assert all(t.strip().endswith((".", "]", "!", "?")) for t in tokens)  # whole sentences, citations included
 
 
 def test_over_long_messages_are_refused_with_a_clear_message(bot):
@@ -215,7 +227,7 @@ def _generating():
 
 
 def test_leaving_a_stream_stops_generation(tiny_base, adapters, index_dir, embeddings):
-    long = make_bot(tiny_base, adapters, index_dir, embeddings)
+    long = make_bot(tiny_base, adapters, index_dir, embeddings, grounding="off")  # tokens as they come
     long.settings.model.max_new_tokens = 1500
     stream = long.chain.stream(PRICE_Q, adapter="none")
     for _, event in zip(range(3), stream):
@@ -229,7 +241,7 @@ def test_leaving_a_stream_stops_generation(tiny_base, adapters, index_dir, embed
 
 
 def test_the_stop_event_ends_the_answer_early(tiny_base, adapters, index_dir, embeddings):
-    long = make_bot(tiny_base, adapters, index_dir, embeddings)
+    long = make_bot(tiny_base, adapters, index_dir, embeddings, grounding="off")
     long.settings.model.max_new_tokens = 1500
     stop = threading.Event()
     events = []

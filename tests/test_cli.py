@@ -4,6 +4,9 @@ import json
 import os
 import shutil
 import subprocess
+from pathlib import Path
+
+import pytest
 
 from bot.cli import main
 from conftest import SHIPPED_KB
@@ -101,12 +104,124 @@ def test_terminal_chat_keeps_history_and_switches_adapters(tmp_path, capsys, mon
     assert "(adapters: none, formal, sunny)" in out
 
 
-def test_every_command_has_working_help(capsys):
-    import pytest
+def test_every_command_has_working_help(capsys, monkeypatch):
+    """Each --help shows that command's own flags and the settings it reads, not all of them (it was
+    222-241 lines each); every command still accepts every setting; `supportbot settings` has them all."""
+    from bot.cli import ALIASES, COMMAND_SETTINGS, build_parser
+    from bot.config import iter_fields
 
-    from bot.cli import build_parser
-
-    for command in build_parser()._subparsers._group_actions[0].choices:
+    monkeypatch.setenv("COLUMNS", "80")
+    helps = {}
+    for command, parser in build_parser()._subparsers._group_actions[0].choices.items():
         with pytest.raises(SystemExit) as done:
             main([command, "--help"])
-        assert done.value.code == 0 and "--kb" in capsys.readouterr().out, command
+        helps[command] = out = capsys.readouterr().out
+        assert done.value.code == 0 and "supportbot settings" in out, command
+        assert len(out.splitlines()) <= 100, (command, len(out.splitlines()))
+        assert ("--kb" in out) == ("kb" in COMMAND_SETTINGS.get(command, ())), command
+        for name, _, _ in iter_fields():  # accepted by every command, shown or not
+            assert ALIASES.get(name, [f"--{name}"])[0] in parser._option_string_actions, (command, name)
+    assert "--knowledge.chunk_chars=900" in helps["sync"]
+    assert "--serve.port" not in helps["sync"] and "--chain." not in helps["sync"]
+    assert "--port" in helps["serve"] and "--chain.grounding=fallback" in helps["serve"]
+    assert "--train." not in helps["serve"] and "--epochs" in helps["train"]
+
+
+def test_settings_lists_every_setting_once(tmp_path, capsys, caplog, monkeypatch):
+    from bot.config import example_toml, iter_fields
+
+    monkeypatch.chdir(tmp_path)  # no supportbot.toml, no knowledge_base/: the sample help center
+    code, out, err = run(capsys, "settings")
+    assert code == 0 and out.startswith(example_toml())
+    assert any("sample help center" in r.getMessage() for r in caplog.records)
+    code, out, _ = run(capsys, "settings", "--json", "--retrieval.k", "6")
+    rows = {r["name"]: r for r in json.loads(out)["settings"]}
+    assert code == 0 and list(rows) == [name for name, _, _ in iter_fields()]
+    assert rows["retrieval.k"]["default"] == 4 and rows["retrieval.k"]["value"] == 6
+    assert rows["retrieval.k"]["env"] == "SUPPORTBOT_RETRIEVAL_K" and rows["retrieval.k"]["help"]
+    assert rows["kb"]["default"] == "knowledge_base" and Path(rows["kb"]["value"]).is_dir()
+
+
+SOURCES = ("pyproject.toml", "README.md", "bot", "ui", "knowledge_base")  # what `pip install .` reads
+
+
+def _fresh_venv(tmp_path):
+    """A new venv with supportbot pip-installed (not editable) from a copy of the checkout.
+
+    The heavy dependencies are not downloaded again: a .pth file puts this interpreter's
+    site-packages after the venv's own, so only supportbot itself is installed into the venv.
+    """
+    import sys
+    import sysconfig
+    from importlib.metadata import version
+
+    from conftest import REPO
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in SOURCES:
+        if (REPO / name).is_dir():
+            shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".*"))
+        else:
+            shutil.copy2(REPO / name, src / name)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
+    python = venv / "bin" / "python"
+    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    here = dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
+    (Path(site) / "_supportbot_test_deps.pth").write_text("".join(f"{p}\n" for p in here))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SUPPORTBOT_", "PYTHON", "PIP_"))}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PIP_DISABLE_PIP_VERSION_CHECK="1",
+               PIP_ROOT_USER_ACTION="ignore", PIP_NO_INDEX="1")
+    setuptools = tuple(int(x) for x in version("setuptools").split(".")[:2])
+    assert setuptools >= (70, 1), "the test extra brings setuptools>=70.1, which builds the wheel offline here"
+    proc = subprocess.run([python, "-m", "pip", "install", "--no-deps", "--no-build-isolation", str(src)],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # every file the code may read from its own folder is in the wheel (package-data), the sample too
+    wanted = {f"{f.relative_to(src)}" for d in ("bot", "ui") for f in (src / d).rglob("*") if f.is_file()}
+    wanted |= {f"bot/sample_kb/{f.relative_to(src / 'knowledge_base')}" for f in (src / "knowledge_base").rglob("*")
+               if f.is_file()}
+    missing = sorted(name for name in wanted if not (Path(site) / name).is_file())
+    assert not missing, f"not in the installed package (pyproject's package-data): {missing}"
+    shutil.rmtree(src)  # the installed package must not lean on the copy it was built from
+    return venv, Path(site), env
+
+
+@pytest.mark.slow  # ~30 s: a venv, a wheel build and three processes that load torch
+def test_installed_console_script_works_from_any_folder(tmp_path):
+    from conftest import SHIPPED_KB
+
+    venv, site, env = _fresh_venv(tmp_path)
+    exe = venv / "bin" / "supportbot"
+    elsewhere = tmp_path / "elsewhere"  # no knowledge_base/, no supportbot.toml: not the checkout
+    elsewhere.mkdir()
+
+    def supportbot(*argv):
+        return subprocess.run([exe, *argv], capture_output=True, text=True, env=env, cwd=elsewhere, timeout=180)
+
+    where = subprocess.run([venv / "bin" / "python", "-c", "import bot; print(bot.__file__)"], capture_output=True,
+                           text=True, env=env, cwd=elsewhere).stdout
+    assert Path(where).is_relative_to(site), where  # the installed copy, not the checkout
+
+    proc = supportbot("--help")
+    assert proc.returncode == 0 and "search" in proc.stdout and "supportbot settings" in proc.stdout
+
+    proc = supportbot("search", "How much is the Plus plan?", "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["relevant"] and result["passages"][0]["source"] == "plans/pricing-and-plans.md"
+    shipped = site / "bot" / "sample_kb"
+    assert "sample help center" in proc.stderr and str(shipped) in proc.stderr  # said once, in a log line
+    assert (elsewhere / ".supportbot" / "index").is_dir()  # the index lives in the folder it ran from
+
+    proc = supportbot("sync", "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["files_total"] == len(list(SHIPPED_KB.rglob("*.md"))) and not report["added"]
+
+    proc = supportbot("sync", "--kb", "no-such-folder", "--json")
+    assert proc.returncode == 2 and proc.stdout == "" and "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith("error: knowledge-base folder no-such-folder does not exist")

