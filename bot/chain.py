@@ -26,6 +26,7 @@ from bot.grounding import (CITATION, asked_value, best_fit, best_sentences, carr
                            extract_values, fit, proper_names, term_weights, unsupported, without_frames)
 from bot.release import SentenceGate
 from bot.retrieval import KnowledgeRetriever, Passage
+from bot.turns import TurnClassifier
 
 
 @dataclass
@@ -66,6 +67,7 @@ class SupportChain:
         self.generator = generator
         self.adapters = generator.adapters
         self.retriever = KnowledgeRetriever(kb=kb)
+        self.turns = TurnClassifier(kb.embeddings)  # nearest labelled turns (bot/turns.jsonl), MiniLM
         self._names: tuple[str, set[str]] = ("", set())
         self.runnable = (
             RunnableLambda(self._prepare, name="prepare")
@@ -96,7 +98,7 @@ class SupportChain:
         # forged 1 MB history costs no more than a long question
         history = [{"role": m["role"], "content": dialogue.visible(dialogue.content_text(m.get("content", "")))
                     [:cs.max_message_chars]} for m in turns]
-        kind = dialogue.classify(message)
+        kind = self.turns.classify(message)
         question = dialogue.standalone_question(message, history, cs.history_turns) if kind == dialogue.INQUIRY else message
         return {**state, "message": message, "adapter": adapter, "history": history, "kind": kind,
                 "question": question, "t0": time.perf_counter()}

@@ -1,9 +1,11 @@
 """What kind of turn a message is, and the standalone question behind a follow-up.
 
 The split the hybrid rests on: conversational turns (hello, thanks, goodbye, "that didn't help",
-"can I talk to a person?") go to the voice alone; inquiries go through retrieval. Rules, not a
-model: they are predictable, instant, and testable; a small model cannot be trusted to rewrite
-a question without changing it.
+"can I talk to a person?") go to the voice alone; inquiries go through retrieval. The rules here
+are predictable, instant and testable, but miss phrasings they were not written for ("cheers,
+that sorted it"): the chain's classifier is `bot.turns.TurnClassifier`, nearest labelled turns
+over MiniLM, which uses the precise ones of these rules first. Follow-ups are resolved by rules,
+not a model: a small model cannot be trusted to rewrite a question without changing it.
 """
 
 from __future__ import annotations
@@ -60,16 +62,29 @@ def clean_message(message: str, limit: int) -> str:
 
 
 def classify(message: str) -> str:
-    """One of INQUIRY, GREETING, THANKS, GOODBYE, COMPLAINT, HANDOFF."""
-    if _HANDOFF.search(message):
+    """One of INQUIRY, GREETING, THANKS, GOODBYE, COMPLAINT, HANDOFF, by rules alone.
+
+    The chain uses `bot.turns.TurnClassifier`, which generalises past these patterns; this stays
+    as the fallback without embeddings and as the baseline bench/turns.py measures against."""
+    if asks_for_person(message):
         return HANDOFF
+    return pleasantry(message) or INQUIRY
+
+
+def asks_for_person(message: str) -> bool:
+    """The hand-off pattern anywhere in the message: "I want to speak to a human about my refund"."""
+    return bool(_HANDOFF.search(message))
+
+
+def pleasantry(message: str) -> str | None:
+    """GREETING, THANKS, GOODBYE or COMPLAINT when the whole message is one, else None."""
     text = re.sub(r"[^\w' ]+", " ", message.lower())
     text = " ".join(text.split())
     for kind, pattern in _PATTERNS:
         # the whole message is the pleasantry, give or take filler words: "ok thanks a lot!"
         if re.fullmatch(rf"(({_FILLER}) )*({pattern})( ({_FILLER}|{pattern}))*", text):
             return kind
-    return INQUIRY
+    return None
 
 
 def standalone_question(message: str, history: list[dict], max_turns: int = 6) -> str:
