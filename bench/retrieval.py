@@ -97,7 +97,7 @@ def main() -> None:
     ap.add_argument("--data-dir", type=Path, help="reuse an index directory (default: a temporary one)")
     ap.add_argument("--other-kb", type=Path, default=REPO / "knowledge_base",
                     help="a folder of another domain: its questions are out of scope here")
-    ap.add_argument("--other-qa", type=Path, default=REPO / "bot" / "demo" / "qa.jsonl",
+    ap.add_argument("--other-qa", type=Path, default=REPO / "bot" / "models" / "qa.jsonl",
                     help="that folder's own questions, for the `home` check")
     args = ap.parse_args()
     quiet_libraries()

@@ -111,7 +111,7 @@ class AdapterRegistry:
     def __init__(self, loaded, directory: Path, shipped: Path | None = None):
         self.loaded = loaded  # bot.model.LoadedModel
         self.directory = Path(directory)
-        self.shipped = shipped  # adapters that ship with the model (the demo's); `directory` wins on a name clash
+        self.shipped = shipped  # the default model's shipped voices; `directory` wins on a name clash
         self.adapters: dict[str, Adapter] = {}
         self._peft = None  # PeftModel wrapping loaded.model once the first adapter is in
         self._local = threading.local()

@@ -56,6 +56,12 @@ def _heading(p: Passage) -> str:
     return f"{p.title} {p.section}"
 
 
+def recite(sentence: str, n: int) -> str:
+    """`sentence` citing passage `n` alone, where its first citation was."""
+    marks = iter(range(len(CITATION.findall(sentence))))
+    return CITATION.sub(lambda m: f"[{n}]" if next(marks) == 0 else "", sentence).replace(" .", ".")
+
+
 def _renumber(passages: list[Passage]) -> list[Passage]:
     return [replace(p, n=i) for i, p in enumerate(passages, 1)]
 
@@ -149,9 +155,15 @@ class SupportChain:
         names = self._proper_names()
         evidence_of = {p.n: f"{_heading(p)} {p.text}" for p in passages}
 
-        def grounded(sentence: str) -> bool:  # its values are in the passages it cites (or, citing none, in one shown)
+        def grounded(sentence: str) -> bool | str:
+            """Its values are in the passages it cites (or, citing none, in one shown). A sentence
+            whose values all sit in one other passage cited the wrong one (SmolLM2 favours [1]):
+            it is released citing that passage instead."""
             cited = cited_numbers(sentence, len(passages))
-            return not unsupported(sentence, [evidence_of[n] for n in cited] or list(evidence_of.values()), names)
+            if not unsupported(sentence, [evidence_of[n] for n in cited] or list(evidence_of.values()), names):
+                return True
+            holder = next((p.n for p in passages if not unsupported(sentence, [evidence_of[p.n]], names)), None)
+            return bool(cited) and holder is not None and recite(sentence, holder)
 
         # whole-answer checks need the whole answer before any of it is shown
         hold = bool(cs.min_copied) or bool(cs.require_asked_value) or bool(cs.require_closest)

@@ -107,8 +107,8 @@ def copied_share(answer: str, passages: list[str], frames: tuple[str, ...] = ())
     """The share of the answer's word pairs that occur in the passages, fixed voice phrases
     (`frames`) removed first: 1.0 for a verbatim copy; a one-word answer is looked up alone.
 
-    For a model trained to copy (the embedded demo), a reply that is not made of the passages'
-    words is broken ("we deleted wire to help!"), whatever values it happens to hold.
+    For a model trained to copy, a reply that is not made of the passages' words is broken ("we
+    deleted wire to help!"), whatever values it happens to hold (chain.min_copied).
     """
     words = _words(without_frames(answer, frames))
     pairs = list(zip(words, words[1:])) or [(w,) for w in words]  # one word: look it up alone

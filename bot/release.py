@@ -2,7 +2,7 @@
 
 Nothing shown to a customer is taken back: the model's words are held until a sentence is whole
 (its end mark and any [n] citations after it), then `accept(sentence)` decides. An accepted
-sentence is released; the first refused one ends the answer, and neither it nor anything after it
+sentence is released (possibly amended: a citation put right); the first refused one ends the answer, and neither it nor anything after it
 is shown. A sentence the answer already said is a loop, and ends the answer too. Plain code:
 tested without a model.
 """
@@ -10,7 +10,7 @@ tested without a model.
 from __future__ import annotations
 
 import re
-from typing import Callable
+from typing import Callable, Union
 
 # A sentence ends at . ! ? or a line break, after which come any citations and then whitespace
 # followed by more text: only then is it known that no further "[n]" belongs to it.
@@ -22,7 +22,8 @@ def _norm(sentence: str) -> str:
 
 
 class SentenceGate:
-    def __init__(self, accept: Callable[[str], bool]):
+    def __init__(self, accept: Callable[[str], Union[bool, str]]):
+        """`accept(sentence)`: False to refuse it, True to release it, or the text to release instead."""
         self.accept = accept
         self.released: list[str] = []
         self.refused = ""  # the sentence that ended the answer ("" when none did)
@@ -75,9 +76,12 @@ class SentenceGate:
         if key and key in self._seen:
             self.looped = True
             return []
-        if sentence.strip() and not self.accept(sentence):
+        verdict = self.accept(sentence) if sentence.strip() else True
+        if not verdict:
             self.refused = sentence.strip()
             return []
+        if isinstance(verdict, str):  # accepted as amended (a citation put right)
+            sentence = verdict
         self._seen.add(key)
         self.released.append(sentence)
         return [sentence]

@@ -1,7 +1,7 @@
 """Small Llama models and tokenizers built from text on this machine, with no download.
 
-The tests build 2-layer models with these (as transformers and peft do in their own suites), and
-the embedded demo model starts from them. The tokenizer is byte-level BPE (any input encodes),
+The tests and benchmarks build 2-layer models with these (as transformers and peft do in their
+own suites). The tokenizer is byte-level BPE (any input encodes),
 with digits split one by one so that prices and numbers are copied digit by digit.
 """
 

@@ -50,3 +50,19 @@ def test_a_citation_after_the_end_mark_waits_for_the_next_text():
 def test_a_passing_gate_releases_each_piece_at_once():
     gate = SentenceGate.passing()
     assert gate.feed("Plu") == ["Plu"] and gate.feed("s $7.77") == ["s $7.77"] and gate.text == "Plus $7.77"
+
+
+def test_an_amended_sentence_is_released_as_amended():
+    gate = SentenceGate(lambda s: s.replace("[1]", "[2]"))
+    assert run(gate, "Returns take 60 days [1]. Done.") == ["Returns take 60 days [2]. ", "Done."]
+
+
+@pytest.mark.parametrize("sentence, n, expected", [
+    ("Returns take 60 days [1].", 2, "Returns take 60 days [2]."),
+    ("Returns take 60 days [1][3].", 2, "Returns take 60 days [2]."),
+    ("It costs $4.99 [3] a month [1].", 1, "It costs $4.99 [1] a month."),
+])
+def test_recite_keeps_one_citation_where_the_first_was(sentence, n, expected):
+    from bot.chain import recite
+
+    assert recite(sentence, n) == expected

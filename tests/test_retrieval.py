@@ -162,7 +162,7 @@ def test_the_benchmarks_home_check_scores_the_shipped_help_center(shipped):
     spec = importlib.util.spec_from_file_location("bench_retrieval", REPO / "bench" / "retrieval.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    questions = load_questions(REPO / "bot" / "demo" / "qa.jsonl")
+    questions = load_questions(REPO / "bot" / "models" / "qa.jsonl")
     home = bench.home_check(shipped, questions)
     assert home["questions"] == sum(1 for q in questions if not q.get("out_of_scope"))
     assert set(home["source_hit"]) == set(home["span_hit"]) == {"1", "4", "8"}
