@@ -73,6 +73,8 @@ def main() -> None:
     ap.add_argument("--model", default="", help="base model folder (default: the default model)")
     ap.add_argument("--adapters-dir", type=Path, help="more voices (default: the shipped ones only)")
     ap.add_argument("--limit", type=int, default=0, help="only the first N answerable questions (0: all)")
+    ap.add_argument("--speed", type=int, default=0, metavar="N",
+                    help="only time N answerable questions per adapter (first token, decode speed, memory)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     from bot.app import build_bot, quiet_libraries
@@ -98,6 +100,13 @@ def main() -> None:
     bot.kb.sync()
     kb_texts = [d.page_content for d in bot.kb.view().docs]
     adapters = bot.adapters.names()
+    if args.speed:
+        timed = {a: speed([r for r in ask_all(bot, inscope[: args.speed], a) if r["kind"] in ("answer", "fallback")])
+                 for a in adapters}
+        timed["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        timed["passages_per_prompt"] = settings.retrieval.k
+        print(json.dumps(timed))
+        return
     t0 = time.perf_counter()
     before = {a: ask_all(bot, inscope, a) for a in adapters}
     refusals = {a: ask_all(bot, outscope, a) for a in adapters}

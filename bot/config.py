@@ -133,7 +133,8 @@ class TrainArgs:
     context_fraction: float = _f(0.5, "with with_context: context rows per voice row")
     top_layers: int = _f(0, "LoRA on the top N transformer layers only (0: all); the layers below run without "
                          "gradients, so a step costs less")
-    precision: str = _f("auto", "auto (bf16 autocast where the CPU or GPU supports it, else fp32), bf16 or fp32")
+    precision: str = _f("auto", "auto (bf16 autocast where the CPU or GPU has native bf16 and the model has 20M+ "
+                        "parameters, else fp32), bf16 or fp32")
 
 
 @dataclass

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import html
 import os
 import shutil
 import socket
@@ -208,10 +207,10 @@ def api_client(url, **kw):
 
 
 def reply_text(result) -> str:
-    """The bot's last message in a /chat result, as written (the page shows it escaped)."""
-    from ui.format import text_of
+    """The bot's last message in a /chat result, as written (the chat shows it with markup made inert)."""
+    from ui.format import chat_source, text_of
 
-    return html.unescape(text_of(result[0][-1]["content"]))
+    return chat_source(text_of(result[0][-1]["content"]))
 
 
 @contextlib.contextmanager

@@ -1,5 +1,6 @@
-"""Crashes: the real `supportbot serve` process killed with SIGKILL during an answer (while
-feedback is being written) and during a sync, then started again on the same folders.
+"""Crashes: the real `supportbot serve` process (the default model, SmolLM2-135M-Instruct, and its
+shipped voices) killed with SIGKILL during an answer (while feedback is being written) and during
+a sync, then started again on the same folders.
 
 After each kill: the index loads whole, the next sync converges to what a clean build of the
 folder gives, and every line of the feedback file parses, none of the acknowledged ones lost.
@@ -17,8 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import SHIPPED_KB, api_client, clean_build, free_port, index_content, write
-from ui.format import text_of
+from conftest import SHIPPED_KB, api_client, clean_build, free_port, index_content, reply_text, write
 
 pytestmark = [pytest.mark.slow, pytest.mark.hardening]
 QUESTION = "How much does the Plus plan cost per month?"
@@ -38,7 +38,8 @@ class Server:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
         self.proc = subprocess.Popen(
             [exe, "serve", "--kb", str(self.kb), "--data-dir", str(self.data), "--adapters-dir", str(self.root / "none"),
-             "--port", str(self.port), "--knowledge.watch_seconds", "1", "--quiet"],
+             "--port", str(self.port), "--knowledge.watch_seconds", "1", "--serve.voice_choice", "true",
+             "--model.max_new_tokens", "48", "--quiet"],  # customers may pick the shipped voices; short answers
             stdout=self.log, stderr=self.log, start_new_session=True, env=env)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -62,7 +63,7 @@ class Server:
 
 
 @pytest.fixture
-def server(tmp_path):
+def server(tmp_path, default_model):  # serve loads the default model: fetched (else skip/fail), converted once
     shutil.copytree(SHIPPED_KB, tmp_path / "kb")
     srv = Server(tmp_path)
     yield srv
@@ -123,7 +124,9 @@ def test_sigkill_during_an_answer_and_feedback_writes(server, embeddings, tmp_pa
     srv.start()
     client = api_client(srv.url)
     answer = client.predict(QUESTION, [], "formal", api_name="/chat")
-    assert "$4.99" in text_of(answer[0][-1]["content"])
+    # it answers, from the pricing passage (the 135M model's own words need not hold the price: the sources do)
+    assert reply_text(answer) and not reply_text(answer).startswith("⚠️")
+    assert "pricing-and-plans.md" in answer[1] and "$4.99" in answer[1]
     assert "saved" in client.predict(api_name="/rate_up")
     after = _feedback_lines(srv.data)
     assert len(after) == len(records) + 1 and after[:-1] == records
@@ -154,6 +157,6 @@ def test_sigkill_during_a_sync_then_restart_converges(server, embeddings, tmp_pa
     kb = _kb_at(srv, embeddings)
     assert index_content(kb) == clean_build(srv.kb, tmp_path / "clean", embeddings)
     assert not list((srv.data / "index").glob("tmp-*"))
-    assert api_client(srv.url).predict(api_name="/sync")  # and serves
+    assert "passages" in api_client(srv.url + "team/").predict(api_name="/sync")  # and serves (team page, open on 127.0.0.1)
     print(f"\nKILL DURING SYNC: live generation unchanged ({passages_before} passages); restart + converging sync "
           f"{restart_s:.1f} s; index equal to a clean build ({len(index_content(kb))} passages)")
