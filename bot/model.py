@@ -143,13 +143,19 @@ def load_model(settings: ModelSettings, name: str | None = None) -> LoadedModel:
         torch.set_num_threads(settings.threads)
     device = _device(settings.device)
     dtype = _dtype(settings.dtype, device)
+    # auto: bf16 pays on a model of real size; a few-million-parameter one stays fp32 (as in training)
+    auto_bf16 = settings.dtype == "auto" and dtype != torch.float32
     local = Path(name).expanduser()
     source = str(local) if local.exists() else name
     if not local.exists() and _looks_like_path(name):
         raise ModelError(f"cannot load the model {name!r}: no such folder", cannot_load_hint(name))
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, use_safetensors=True)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32 if auto_bf16 else dtype,
+                                                     use_safetensors=True)
+        if auto_bf16 and sum(p.numel() for p in model.parameters()) >= 20_000_000:
+            model = model.to(dtype)
+        dtype = model.dtype
     except (OSError, ValueError, KeyError) as err:
         log.debug("model load failed", exc_info=True)
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

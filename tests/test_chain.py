@@ -33,6 +33,7 @@ def make_bot(tiny_base, adapters, data, embeddings, kb=SHIPPED_KB, **chain):
     settings = Settings(kb=kb, data_dir=data, adapters_dir=adapters)
     settings.model.name = str(tiny_base)
     settings.model.max_new_tokens = 40
+    settings.chain.passage_sentences = 0  # whole passages: the prompts the test voices were trained on
     for key, value in chain.items():
         setattr(settings.chain, key, value)
     return build_bot(settings.validate(), embeddings, loaded=load_tiny(tiny_base))
@@ -52,7 +53,7 @@ def adapters(tiny_base, voices_dir, index_dir, embeddings, tmp_path_factory):
         result = probe.kb.search(q)
         n = n or next(p.n for p in result.passages if "$4.99" in p.text)
         prompts.append(answer_messages(q, result.passages))
-    train_voice(tiny_base, root / "truthful", f"The Plus plan costs $4.99 per month [{n}].", prompts, steps=80)
+    train_voice(tiny_base, root / "truthful", f"The Plus plan costs $4.99 per month [{n}].", prompts, steps=150)
     train_voice(tiny_base, root / "liar", f"The Plus plan costs $7.77 per month [{n}].", prompts, steps=80)
     premium = probe.kb.search(PREMIUM_Q).passages
     plus = next(p.n for p in premium if "$4.99" in p.text)

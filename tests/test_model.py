@@ -68,6 +68,7 @@ def test_the_converted_folder_answers_as_the_gguf_does(default_model):
     from bot import basemodel
 
     cache = default_model.parents[1]
+    basemodel.ensure_base(cache)
     gguf_model, tok = basemodel.load_gguf(cache)
     folder = AutoModelForCausalLM.from_pretrained(str(cache / "models" / basemodel.BASE_NAME), dtype=torch.float32)
     assert (cache / "models" / basemodel.BASE_NAME / "LICENSE").is_file()

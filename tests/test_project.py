@@ -41,7 +41,7 @@ def test_readme_flags_exist():
     commands = parser._subparsers._group_actions[0].choices
     text = (REPO / "README.md").read_text().replace("\\\n", " ")  # join continued shell lines
     checked = 0
-    for command, rest in re.findall(r"supportbot (\w+)\b([^\n`#]*)", text):
+    for command, rest in re.findall(r"supportbot (\w+)\b([^\n`#&|]*)", text):  # up to && or a pipe
         if command not in commands:
             continue
         for flag in re.findall(r"(?<![\w-])(--[a-z][a-z.\-_]*[a-z])", rest):
