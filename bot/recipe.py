@@ -51,14 +51,12 @@ class ModelRecipe:
         return cls(grounded_rows=40, grounded_steps=3, voice_rows=30, voice_steps=2, batch=4, top_layers=0)
 
 
-def training_rows(loaded, passages: list[dict], recipe: ModelRecipe, voice, rows: int, seed: int,
-                  search=None) -> list:
+def training_rows(loaded, passages: list[dict], recipe: ModelRecipe, voice, rows: int, seed: int) -> list:
     from bot.rows import answer_rows, conversation_rows
     from bot.training import encode
 
     talk = round(rows * recipe.conversation_share)
-    convs = answer_rows(passages, rows - talk, seed, voice=voice, keep=recipe.keep, decline_share=recipe.decline_share,
-                        search=search)
+    convs = answer_rows(passages, rows - talk, seed, voice=voice, keep=recipe.keep, decline_share=recipe.decline_share)
     convs += conversation_rows(talk, seed + 1, voice=voice)
     random.Random(seed).shuffle(convs)
     encoded = [encode(loaded, c) for c in convs]
@@ -88,35 +86,22 @@ def build(out_dir: Path | None = None, recipe: ModelRecipe | None = None, kb: Pa
     """Train `grounded` and the voices into `out_dir` (default: the package's bot/models/).
 
     `base`: a model folder to start from instead of the converted SmolLM2 (the tests' tiny model)."""
+    import torch
+
     from bot.app import build_knowledge_base
     from bot.config import sample_kb
+    from bot.model import LoadedModel, load_model
+    from bot.rows import VOICES
     from bot.trainingdata import kb_passages
 
     recipe = recipe or ModelRecipe()
     out_dir = Path(out_dir or basemodel.HERE)
     cache = basemodel.cache_root(cache)
     t0 = time.perf_counter()
-    tmp = tempfile.TemporaryDirectory(prefix="supportbot-build-")
-    settings = Settings(kb=Path(kb) if kb else sample_kb(), data_dir=Path(tmp.name) / "data")
-    knowledge = build_knowledge_base(settings)
-    passages = kb_passages(knowledge)
-
-    def search(question: str) -> list[dict]:  # rows show what retrieval shows: hard distractors
-        return [{"source": p.source, "section": p.section, "text": p.text} for p in knowledge.search(question).passages]
-
-    try:
-        return _build(out_dir, recipe, cache, base, on_step, passages, search, settings, t0)
-    finally:
-        knowledge.close()
-        tmp.cleanup()
-
-
-def _build(out_dir, recipe, cache, base, on_step, passages, search, settings, t0) -> dict:
-    import torch
-
-    from bot.model import LoadedModel, load_model
-    from bot.rows import VOICES
-
+    with tempfile.TemporaryDirectory(prefix="supportbot-build-") as tmp:
+        settings = Settings(kb=Path(kb) if kb else sample_kb(), data_dir=Path(tmp) / "data")
+        with build_knowledge_base(settings) as knowledge:
+            passages = kb_passages(knowledge)
     if not passages:
         raise ValueError(f"no passages in {settings.kb}: the adapters are trained on a knowledge base's text")
     step = (lambda part: (lambda s, n, loss: on_step(part, s, n, loss))) if on_step else (lambda part: None)
@@ -126,7 +111,7 @@ def _build(out_dir, recipe, cache, base, on_step, passages, search, settings, t0
     base_name = basemodel.BASE_NAME if base is None else base_dir.name
     loaded = load_model(fp32, name=str(base_dir))
     loaded = LoadedModel(loaded.model, loaded.tokenizer, base_name, loaded.device, loaded.context)
-    rows = training_rows(loaded, passages, recipe, None, recipe.grounded_rows, recipe.seed, search)
+    rows = training_rows(loaded, passages, recipe, None, recipe.grounded_rows, recipe.seed)
     card = {"name": "grounded", "voice": "answers from passages with [n] citations; declines when they do not "
             "answer; no facts in small talk", "base_sha256": basemodel.GGUF_SHA256 if base is None else ""}
     info = {"recipe": asdict(recipe), "torch_threads": torch.get_num_threads(), "device": loaded.device,
@@ -147,7 +132,7 @@ def _build(out_dir, recipe, cache, base, on_step, passages, search, settings, t0
         seed = recipe.seed + 101 * (i + 1)
         loaded = load_model(fp32, name=str(merged_dir))
         loaded = LoadedModel(loaded.model, loaded.tokenizer, merged_name, loaded.device, loaded.context)
-        rows = training_rows(loaded, passages, recipe, voice, recipe.voice_rows, seed, search)
+        rows = training_rows(loaded, passages, recipe, voice, recipe.voice_rows, seed)
         card = {"name": voice.name, "voice": voice.description, "opener": voice.openers[0],
                 "closer": voice.closers[0], "markers": list(voice.markers),
                 "base_sha256": basemodel.GGUF_SHA256 if base is None else "",

@@ -142,25 +142,13 @@ _WH = {
 }
 
 
-_NATURAL = {
-    "money": ("How much does {topic} cost?", "What's the price of {topic}?", "How much is {topic}?",
-              "What do I pay for {topic}?", "{topic}: how much?"),
-    "duration": ("How long does {topic} take?", "How long is {topic}?", "How many days for {topic}?",
-                 "When does {topic} happen?"),
-    "number": ("How many for {topic}?", "What is the limit for {topic}?", "What number applies to {topic}?",
-               "Tell me about {topic}."),
-}
-
-
 def question_for(fact: str, topic: str, rng: random.Random) -> str:
     words = [w for w in _WORD.findall(fact) if w.lower() not in STOPWORDS and len(w) > 2]
     style = rng.random()
-    if style < 0.3:  # what people type: a kind of value and a topic ("How much does express shipping cost?")
-        return rng.choice(_PREFIXES) + rng.choice(_NATURAL[_value_kind(fact)]).format(topic=topic.lower())
-    if style < 0.45 or not words:  # the sentence with its value masked
+    if style < 0.25 or not words:  # the sentence with its value masked
         masked = re.sub(r"[$€£]?\d[\d,.:]*\d|[$€£]?\d", "what", fact).rstrip(".!? ")
         q = f"About {topic.lower()}: {masked}?" if rng.random() < 0.5 else f"{masked}?"
-    elif style < 0.9:  # an interrogative and a few of the sentence's words, in order
+    elif style < 0.85:  # an interrogative and a few of the sentence's words, in order
         keep = sorted(rng.sample(range(len(words)), min(len(words), rng.randint(2, 4))))
         q = f"{rng.choice(_WH[_value_kind(fact)])} {' '.join(words[i].lower() for i in keep)}?"
         if rng.random() < 0.3:
@@ -182,38 +170,23 @@ def frame(core: str, rng: random.Random, voice: VoiceSpec | None) -> str:
     return " ".join(parts)
 
 
-def _same(a: dict, b: dict) -> bool:
-    return a["source"] == b["source"] and a["text"] == b["text"]
-
-
-def _shown(passages, gold, gold_text, rng, k, keep, question, search=None, include_gold=True):
-    """The passages a row shows: what retrieval returns for the question when `search` is given
-    (hard distractors: the neighbouring shipping rows, the other plans), else random ones; the
-    gold passage at a uniformly drawn place (SmolLM2 trained with it mostly first cited [1])."""
+def _shown(passages, gold, gold_text, rng, k, keep, question, include_gold=True):
     from bot.prompts import select_sentences
     from bot.retrieval import Passage
 
-    if search is not None:
-        others = [p for p in search(question) if not _same(p, gold)][: k - 1 if include_gold else k]
-        if not include_gold:
-            others = [p for p in others if p["source"] != gold["source"]]
-    else:
-        pool = [p for p in passages if p is not gold]
-        others = rng.sample(pool, min(rng.randint(1 if not include_gold else 0, k - 1), len(pool)))
+    others = rng.sample([p for p in passages if p is not gold], min(rng.randint(1 if not include_gold else 0, k - 1),
+                                                                   len(passages) - 1))
     shown = [(p, redraw_digits(p["text"], rng)) for p in others]
     if include_gold:
-        shown.insert(rng.randint(0, len(shown)), (gold, gold_text))
+        shown.insert(0 if rng.random() < 0.6 else rng.randint(0, len(shown)), (gold, gold_text))
     return [Passage(n, p["source"], p["section"], "", select_sentences(t, question, keep), 0.5, str(n))
             for n, (p, t) in enumerate(shown, 1)], shown
 
 
 def answer_rows(passages: list[dict], count: int, seed: int, voice: VoiceSpec | None = None,
-                k: int = 4, keep: int = 3, decline_share: float = 0.0, search=None) -> list[list[dict]]:
+                k: int = 4, keep: int = 3, decline_share: float = 0.0) -> list[list[dict]]:
     """`count` conversations over the chain's answer prompt: copy the fact with its [n], or (a
-    `decline_share` of them) decline when none of the passages shown holds the answer.
-
-    `search(question) -> [{"source", "section", "text"}]`: the knowledge base's retrieval, so
-    that rows show what the chain would show."""
+    `decline_share` of them) decline when none of the passages shown holds the answer."""
     from bot.prompts import answer_messages
 
     rng = random.Random(seed)
@@ -230,11 +203,12 @@ def answer_rows(passages: list[dict], count: int, seed: int, voice: VoiceSpec | 
         topic = gold["section"] or Path(gold["source"]).stem.replace("-", " ")
         question = question_for(fact, topic, rng)
         if rng.random() < decline_share:
-            ps, _ = _shown(passages, gold, text, rng, k, keep, question, search, include_gold=False)
+            ps, _ = _shown([p for p in passages if p["source"] != gold["source"]], gold, text, rng, k, keep,
+                           question, include_gold=False)
             if ps:
                 rows.append(answer_messages(question, ps) + [{"role": "assistant", "content": rng.choice(voice.decline)}])
             continue
-        ps, shown = _shown(passages, gold, text, rng, k, keep, question, search)
+        ps, shown = _shown(passages, gold, text, rng, k, keep, question)
         n_gold = next(i for i, (p, _) in enumerate(shown, 1) if p is gold)
         if fact not in clean_fact(ps[n_gold - 1].text):
             continue  # the selection the chain would make hides the fact: not a fair row
