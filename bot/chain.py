@@ -140,6 +140,26 @@ class SupportChain:
                 first = timings["first_token_s"] = round(time.perf_counter() - state["t0"], 4)
             yield piece
 
+    @staticmethod
+    def _release(stream, gate: SentenceGate, pieces: list[str], stats: GenerationStats, hold: bool = False):
+        """Token events for what `gate` releases of the model's `stream` (none with `hold`), the
+        model stopped as soon as the gate closes; the pieces are collected in `pieces`. Returns
+        whether the reader stopped the answer (a Stop button), as opposed to the gate."""
+        for piece in stream:
+            pieces.append(piece)
+            if hold:
+                continue
+            for released in gate.feed(piece):
+                yield {"type": "token", "text": released}
+            if gate.closed:  # a sentence failed the check, or the model repeats itself: stop it now
+                break
+        stream.close()
+        stopped = stats.stopped and not gate.closed
+        if not hold and not stopped:
+            for released in gate.finish():
+                yield {"type": "token", "text": released}
+        return stopped
+
     def _answer(self, state: dict, voice: prompts.Voice) -> Iterator[dict]:
         loaded, ms, cs = self.generator.loaded, self.settings.model, self.settings.chain
         budget = loaded.context - min(ms.max_new_tokens, loaded.context // 2) - 8
@@ -170,20 +190,8 @@ class SupportChain:
         gate = SentenceGate(grounded) if cs.grounding == "fallback" else SentenceGate.passing()
         timings = {"retrieve_s": round(state["retrieve_s"], 4)}
         stats, pieces = GenerationStats(), []
-        stream = self._generate(state, messages, timings, stats, [p.text for p in shown])
-        for piece in stream:
-            pieces.append(piece)
-            if hold:
-                continue
-            for released in gate.feed(piece):
-                yield {"type": "token", "text": released}
-            if gate.closed:  # a sentence failed the check, or the model repeats itself: stop it now
-                break
-        stream.close()
-        stopped = stats.stopped and not gate.closed  # by the reader (a Stop button), not by the gate
-        if not hold and not stopped:
-            for released in gate.finish():
-                yield {"type": "token", "text": released}
+        stopped = yield from self._release(self._generate(state, messages, timings, stats, [p.text for p in shown]),
+                                           gate, pieces, stats, hold)
         generated = "".join(pieces).strip()
         cited = cited_numbers(generated, len(passages))
         evidence = [p for p in passages if p.n in cited] or passages
@@ -262,18 +270,7 @@ class SupportChain:
         # e-mail, a phone, a URL or a plan name there could only be made up
         gate = SentenceGate(lambda s: not extract_values(s, names) and not CITATION.search(s))
         timings, stats, pieces = {}, GenerationStats(), []
-        stream = self._generate(state, messages, timings, stats)
-        for piece in stream:
-            pieces.append(piece)
-            for released in gate.feed(piece):
-                yield {"type": "token", "text": released}
-            if gate.closed:
-                break
-        stream.close()
-        stopped = stats.stopped and not gate.closed
-        if not stopped:
-            for released in gate.finish():
-                yield {"type": "token", "text": released}
+        stopped = yield from self._release(self._generate(state, messages, timings, stats), gate, pieces, stats)
         generated = "".join(pieces).strip()
         text, used = gate.text, []
         if not text and not stopped:

@@ -74,6 +74,7 @@ class Generator:
         budget = max(1, min(budget, self.loaded.context - len(ids)))
         streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True, timeout=600)
         first = [time.perf_counter()]
+        loop = self.settings.loop_tokens
 
         class _Stop(StoppingCriteria):
             def __call__(self, input_ids, scores, **kwargs):
@@ -85,7 +86,6 @@ class Generator:
                 if halt.is_set() or (stop is not None and stop.is_set()):
                     stats.stopped = True
                     return torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-                loop = settings.loop_tokens
                 if loop and stats.new_tokens >= 2 * loop and repeats(input_ids[0, len(ids):].tolist(), loop):
                     stats.looped = True
                     return torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
@@ -94,7 +94,6 @@ class Generator:
         sampling = {"do_sample": False}
         if self.settings.temperature > 0:
             sampling = {"do_sample": True, "temperature": self.settings.temperature}
-        settings = self.settings
         kwargs = dict(
             input_ids=torch.tensor([ids], device=self.loaded.model.device),
             attention_mask=torch.ones((1, len(ids)), dtype=torch.long, device=self.loaded.model.device),

@@ -91,6 +91,22 @@ def config_fingerprint(config: dict) -> str:
     return hashlib.sha256(json.dumps(stable, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+# bf16 pays on a model of real size; on a few-million-parameter one the casts cost more than they save
+BF16_MIN_PARAMETERS = 20_000_000
+
+
+def bf16_supported(device: str) -> bool:
+    """Whether bf16 math is native here (AVX512-BF16/AMX on CPU): elsewhere it is emulated and slower."""
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def _device(wanted: str) -> str:
     import torch
 
@@ -107,8 +123,6 @@ def _dtype(wanted: str, device: str):
     table = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
              "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
     if wanted == "auto":
-        from bot.training import bf16_supported
-
         return torch.bfloat16 if bf16_supported(device) else torch.float32
     if wanted not in table:
         raise ModelError(f"unknown model.dtype {wanted!r}", "use auto, fp32, bf16 or fp16")
@@ -143,7 +157,7 @@ def load_model(settings: ModelSettings, name: str | None = None) -> LoadedModel:
         torch.set_num_threads(settings.threads)
     device = _device(settings.device)
     dtype = _dtype(settings.dtype, device)
-    # auto: bf16 pays on a model of real size; a few-million-parameter one stays fp32 (as in training)
+    # auto: a small model stays fp32 (as in training), so it is loaded as fp32 and cast only if big enough
     auto_bf16 = settings.dtype == "auto" and dtype != torch.float32
     local = Path(name).expanduser()
     source = str(local) if local.exists() else name
@@ -153,7 +167,7 @@ def load_model(settings: ModelSettings, name: str | None = None) -> LoadedModel:
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32 if auto_bf16 else dtype,
                                                      use_safetensors=True)
-        if auto_bf16 and sum(p.numel() for p in model.parameters()) >= 20_000_000:
+        if auto_bf16 and sum(p.numel() for p in model.parameters()) >= BF16_MIN_PARAMETERS:
             model = model.to(dtype)
         dtype = model.dtype
     except (OSError, ValueError, KeyError) as err:

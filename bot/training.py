@@ -19,7 +19,7 @@ from typing import Callable
 
 from bot.adapters import CARD_FILE
 from bot.config import TrainArgs
-from bot.model import LoadedModel
+from bot.model import BF16_MIN_PARAMETERS, LoadedModel, bf16_supported
 
 log = logging.getLogger(__name__)
 
@@ -102,18 +102,6 @@ def evaluate(model, rows: list[Example], pad: int, device: str, batch: int = 8) 
     return total / max(count, 1)
 
 
-def bf16_supported(device: str) -> bool:
-    """Whether bf16 math is native here (AVX512-BF16/AMX on CPU): elsewhere it is emulated and slower."""
-    import torch
-
-    if device.startswith("cuda"):
-        return torch.cuda.is_bf16_supported()
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
 def precision_context(precision: str, device: str, parameters: int = 0):
     """A context manager factory: bf16 autocast (weights and LoRA stay fp32) or nothing.
 
@@ -123,7 +111,8 @@ def precision_context(precision: str, device: str, parameters: int = 0):
 
     import torch
 
-    if precision == "fp32" or (precision == "auto" and (not bf16_supported(device) or parameters < 20_000_000)):
+    small = parameters < BF16_MIN_PARAMETERS
+    if precision == "fp32" or (precision == "auto" and (not bf16_supported(device) or small)):
         return contextlib.nullcontext
     kind = "cuda" if device.startswith("cuda") else "cpu"
     return lambda: torch.autocast(kind, dtype=torch.bfloat16)
