@@ -202,7 +202,7 @@ def scaled_latency(kb, n: int) -> dict:
     from bot.store import new_faiss
 
     view = kb.view()
-    if not len(view):
+    if not len(view) or not hasattr(view, "vectors"):  # store.url: searches run in PostgreSQL (bench/pgstore.py)
         return {}
     rng = np.random.default_rng(0)
     reps = -(-n // len(view))

@@ -49,6 +49,11 @@ def build_knowledge_base(settings: Settings, embeddings=None):
     from bot.knowledge import KnowledgeBase
 
     quiet_libraries()
+    if settings.store.url:  # the index in PostgreSQL + pgvector, shared by every process pointed at it
+        from bot.pgstore import PGKnowledgeBase, require_engines
+
+        require_engines()  # before the embedding model loads: a missing extra is said at once
+        return PGKnowledgeBase(settings, embeddings or LocalEmbeddings(settings.embedding_model))
     embeddings = embeddings or LocalEmbeddings(settings.embedding_model)
     return KnowledgeBase(settings, embeddings)
 
@@ -61,6 +66,10 @@ def adapter_registry(settings: Settings, loaded):
     from bot.adapters import AdapterRegistry
 
     shipped = basemodel.VOICES_DIR if Path(loaded.name).name == basemodel.MODEL_NAME else None
+    if settings.model.endpoint:  # the same folders and checks; the server holds the weights
+        from bot.endpoint import RemoteAdapters
+
+        return RemoteAdapters(loaded, settings.adapters_dir, shipped, settings.model)
     return AdapterRegistry(loaded, settings.adapters_dir, shipped)
 
 
@@ -74,8 +83,15 @@ def build_bot(settings: Settings, embeddings=None, loaded=None) -> Bot:
     from bot.model import load_model
 
     kb = build_knowledge_base(settings, embeddings)
-    loaded = loaded or load_model(settings.model)
-    adapters = adapter_registry(settings, loaded)
-    adapters.scan()
-    chain = SupportChain(settings, kb, Generator(loaded, adapters, settings.model))
+    if settings.model.endpoint:  # generation on a server (bot/endpoint.py): only the tokenizer is loaded here
+        from bot.endpoint import remote_generator
+
+        generator = remote_generator(settings)
+    else:
+        loaded = loaded or load_model(settings.model)
+        adapters = adapter_registry(settings, loaded)
+        adapters.scan()
+        generator = Generator(loaded, adapters, settings.model)
+    loaded, adapters = generator.loaded, generator.adapters
+    chain = SupportChain(settings, kb, generator)
     return Bot(settings=settings, embeddings=kb.embeddings, kb=kb, model=loaded, adapters=adapters, chain=chain)

@@ -33,7 +33,7 @@ COMMAND_ALIASES = {"search": _RETRIEVAL, "ask": _RETRIEVAL, "chat": _RETRIEVAL, 
 
 # The settings each command reads, listed in its --help: names, or sections ending in ".". Every
 # command accepts every setting flag; the rest are hidden, and `supportbot settings` documents all.
-_KB = ("kb", "data_dir", "embedding_model", "knowledge.")
+_KB = ("kb", "data_dir", "embedding_model", "knowledge.", "store.")
 _ANSWER = _KB + ("adapters_dir", "retrieval.", "model.", "chain.")
 COMMAND_SETTINGS = {
     "sync": _KB,
@@ -42,6 +42,7 @@ COMMAND_SETTINGS = {
     "chat": _ANSWER,
     "train": ("kb", "data_dir", "embedding_model", "adapters_dir", "model.", "train."),
     "adapters": ("adapters_dir", "model."),
+    "vllm": ("data_dir", "adapters_dir", "model."),
     "serve": _ANSWER + ("serve.",),
     "eval": _ANSWER,
     "model": ("kb", "model.cache_dir"),
@@ -168,6 +169,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("adapters", parents=[_common("adapters")], help="list voice adapters: base, card, status")
     p.set_defaults(func=cmd_adapters)
+
+    p = sub.add_parser("vllm", parents=[_common("vllm")], help="the vLLM command line for model.endpoint: the model "
+                       "folder, a zero adapter as none, the voices (bot/vllmserve.py)")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--print", action="store_true", help="print it (the default)")
+    how.add_argument("--start", action="store_true", help="start it here and wait; Ctrl-C stops it")
+    p.add_argument("--host", help="address it binds to (default: model.endpoint's host, else 127.0.0.1)")
+    p.add_argument("--port", type=int, help="its port (default: model.endpoint's port, else 8000)")
+    p.add_argument("--python", type=Path, help="python of the vLLM venv (default: $SUPPORTBOT_VLLM_PYTHON, else "
+                   "scripts/install-vllm.sh's default)")
+    p.set_defaults(func=cmd_vllm)
 
     p = sub.add_parser("settings", parents=[_common("settings")],
                        help="every setting with its default and help (what supportbot.example.toml says)")
@@ -477,6 +489,11 @@ def cmd_adapters(args: argparse.Namespace) -> int:
 
     quiet_libraries()
     settings = _settings(args)
+    if settings.model.endpoint:  # what the generation server serves (bot/endpoint.py)
+        from bot.endpoint import adapters_listing
+
+        _emit(args, *adapters_listing(settings))
+        return 0
     registry = adapter_registry(settings, load_model(settings.model))
     found = registry.scan()
     payload = {"model": registry.loaded.name, "adapters_dir": str(settings.adapters_dir),
@@ -492,6 +509,14 @@ def cmd_adapters(args: argparse.Namespace) -> int:
             lines.append(f"      base:  {a.base}")
     _emit(args, payload, "\n".join(lines))
     return 0
+
+
+def cmd_vllm(args: argparse.Namespace) -> int:
+    from bot.app import quiet_libraries
+    from bot.vllmserve import run
+
+    quiet_libraries()
+    return run(_settings(args), args.start, args.host, args.port, args.python, args.json)
 
 
 def cmd_settings(args: argparse.Namespace) -> int:

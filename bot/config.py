@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -56,6 +57,16 @@ class KnowledgeSettings:
 
 
 @dataclass
+class StoreSettings:
+    url: str = _f("", "keep the index in PostgreSQL + pgvector instead of the data directory, shared by every bot "
+                  "process pointed at it: an SQLAlchemy URL such as postgresql+psycopg://user@host:5432/db (pip "
+                  "install supportbot[engines]; bot/pgstore.py). Empty: FAISS files under data_dir")
+    table: str = _f("supportbot", "with url: the passages table; its _state and _files tables and the record "
+                    "manager's namespace are named after it, so one database can hold several knowledge bases")
+    lock_seconds: float = _f(600.0, "with url: how long a sync waits for another process's sync to finish")
+
+
+@dataclass
 class RetrievalSettings:
     k: int = _f(4, "passages returned per question")
     threshold: float = _f(0.35, "cosine similarity the best passage must reach to count as relevant")
@@ -83,6 +94,13 @@ class ModelSettings:
     loop_tokens: int = _f(12, "stop generating when the last this many tokens repeat earlier ones of the answer "
                           "(0: never); untuned SmolLM2 looped to the token limit in 26 of 78 answers")
     temperature: float = _f(0.0, "sampling temperature (0: greedy, the same answer every time)")
+    endpoint: str = _f("", "base URL of an OpenAI-compatible multi-LoRA server (vLLM) that generates instead of this "
+                       "process, e.g. http://127.0.0.1:8000 (`supportbot vllm` prints its command line); each voice is "
+                       "a served LoRA, none a zero adapter; only the model folder's tokenizer is loaded here. Empty: "
+                       "in-process transformers")
+    endpoint_key: str = _f("", "API key model.endpoint asks for (vLLM's --api-key; env SUPPORTBOT_MODEL_ENDPOINT_KEY)")
+    endpoint_timeout: float = _f(60.0, "seconds model.endpoint may take to answer or send the next piece of an answer "
+                                 "before the chat is told it is unavailable")
 
 
 @dataclass
@@ -92,8 +110,14 @@ class ChainSettings:
     grounding: str = _f("fallback", "values missing from the passages a sentence cites: fallback (the answer is "
                         "shown sentence by sentence as each checks out and ends before the first that does not; "
                         "nothing checked out: a quote of the best passage), flag (answer as is, list them) or off")
-    passage_sentences: int = _f(2, "show the model only this many sentences of each passage, those closest to the "
-                                "question (0: whole passages); the shipped adapters are trained on 2")
+    passage_sentences: int = _f(1, "show the model only this many sentences of each passage, those closest to the "
+                                "question (0: whole passages); the shipped adapters are trained on 2, yet copy the "
+                                "asked value more often from 1 (own answers 0.725 against 0.675)")
+    answer_first: bool = _f(True, "show first the passage, among those holding the kind of value the question asks "
+                            "for (a price for 'how much'), whose sentences fit the question best, and choose each "
+                            "passage's sentences with that kind in mind: a small model copies from passage [1] most")
+    value_passages: int = _f(1, "with chain.answer_first, where a passage holds the kind of value asked for: show "
+                             "the model only this many passages, that one first (0: all retrieval.k)")
     min_copied: float = _f(0.0, "an answer whose word pairs occur in the passages less than this share is replaced "
                            "by a quote (0: off); holds the answer until it is complete")
     require_asked_value: int = _f(0, "an answer without the kind of value its question asks for (a price for 'how "
@@ -190,6 +214,7 @@ class Settings:
     embedding_model: str = _f("", "sentence-transformers model path; empty: the bundled all-MiniLM-L6-v2")
     adapters_dir: Path = _f(Path("adapters"), "voice adapters, one PEFT folder each, loaded at start-up")
     knowledge: KnowledgeSettings = field(default_factory=KnowledgeSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
     retrieval: RetrievalSettings = field(default_factory=RetrievalSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
     chain: ChainSettings = field(default_factory=ChainSettings)
@@ -217,6 +242,14 @@ class Settings:
             raise ConfigError(f"train.precision must be auto, bf16 or fp32, got {self.train.precision!r}")
         if self.model.temperature < 0:
             raise ConfigError("model.temperature must be 0 or more")
+        if self.model.endpoint and not self.model.endpoint.startswith(("http://", "https://")):
+            raise ConfigError(f"model.endpoint must be an http(s) URL, got {self.model.endpoint!r}",
+                              "e.g. http://127.0.0.1:8000 (the vLLM server's address), or empty for in-process")
+        if self.store.url and not self.store.url.startswith(("postgresql://", "postgresql+psycopg://", "postgres://")):
+            raise ConfigError(f"store.url must be a PostgreSQL URL, got {self.store.url!r}",
+                              "e.g. postgresql+psycopg://postgres@127.0.0.1:5432/supportbot, or empty for FAISS files")
+        if not re.fullmatch(r"[a-z_][a-z0-9_]{0,40}", self.store.table):
+            raise ConfigError(f"store.table must be a lower-case SQL name (letters, digits, _), got {self.store.table!r}")
         if bool(self.serve.user) != bool(self.serve.password):
             raise ConfigError("serve.user and serve.password go together",
                               "set both (SUPPORTBOT_SERVE_USER and SUPPORTBOT_SERVE_PASSWORD) or neither")

@@ -158,21 +158,9 @@ class KnowledgeBase:
     def _sync(self, rebuild: bool, allow_empty: bool, progress: bool) -> tuple[SyncReport, tuple]:
         t0 = time.perf_counter()
         root = self.settings.kb
-        if not root.is_dir():
-            raise KnowledgeBaseError(
-                f"knowledge-base folder {root} does not exist or is not a folder; the index was left as it was",
-                "pass --kb DIR or set kb in supportbot.toml",
-            )
         live = self.store.current()  # read outside the lock, as a stat cache only: a stat -> sha256 fact holds in any generation
         manifest = self._manifest_of(live, rebuild)
-        try:
-            cache = manifest.files if manifest.signature == self.params.signature else None
-            scan = self._scan(root, cache)
-        except OSError as err:
-            raise KnowledgeBaseError(
-                f"cannot read the knowledge-base folder {root} ({err.strerror or err}); the index was left as it was",
-                "check the folder's permissions",
-            ) from None
+        scan = self._scan_checked(root, manifest.files if manifest.signature == self.params.signature else None)
         report = SyncReport(ignored=scan.ignored, files_read=sum(e.data is not None for e in scan.entries.values()))
         fingerprint = tuple(scan.stats.items())  # in walk order, as fingerprint() has it
         with self.store.writer():
@@ -181,39 +169,7 @@ class KnowledgeBase:
                 manifest = self._manifest_of(live, rebuild)
             fresh = manifest.signature == self.params.signature
             known = manifest.files if fresh else {}
-
-            sources, new_files = [], {}
-            kept = {s.rel for s in scan.skipped if s.keep_previous}
-            for rel, entry in scan.entries.items():
-                old = known.get(rel)
-                if old and old["sha256"] == entry.sha256:
-                    if entry.data is None:  # not read: its stat matched the trusted one of this entry, which stands
-                        new_files[rel] = old
-                        continue
-                    stat = scan.trusted_stat(rel)
-                    new_files[rel] = old if old.get("stat") == stat else _with_stat(old, stat)
-                    continue
-                parsed = read_source(entry)
-                if isinstance(parsed, Skipped):
-                    log.warning("skipped %s: %s", rel, parsed.reason)
-                    scan.skipped.append(parsed)
-                    if parsed.keep_previous:
-                        kept.add(rel)
-                    continue
-                sources.append((parsed, entry.sha256, old is not None, scan.trusted_stat(rel)))
-            for rel in kept & manifest.files.keys():
-                new_files[rel] = manifest.files[rel]  # unreadable now: keep its last good version
-            report.skipped = [
-                {"file": s.rel, "reason": s.reason, "kept_previous": s.rel in manifest.files and s.keep_previous}
-                for s in scan.skipped
-            ]
-            reading = {src.rel for src, *_ in sources}
-            gone = [rel for rel in manifest.files if rel not in new_files and rel not in reading]
-            if not new_files and not sources and manifest.files and not allow_empty:
-                raise KnowledgeBaseError(
-                    f"{root} has no readable documents now; the index of {len(manifest.files)} files was kept",
-                    "check the folder (wrong --kb?), or run `supportbot sync --allow-empty` to really empty the index",
-                )
+            sources, new_files, gone = plan_changes(scan, manifest, known, report, root, allow_empty)
             if fresh and not sources and not gone and live is not None and not rebuild and self._intact(live, manifest):
                 report.unchanged = len(new_files)
                 report.files_total = len(new_files)
@@ -245,6 +201,21 @@ class KnowledgeBase:
             scan = scan_folder(root, k.extensions, max_bytes, known, self._journal.watch)
         self._last_scan = scan
         return scan
+
+    def _scan_checked(self, root: Path, known: dict | None) -> FolderScan:
+        """`_scan`; a missing or unreadable folder is a KnowledgeBaseError (the index left as it was)."""
+        if not root.is_dir():
+            raise KnowledgeBaseError(
+                f"knowledge-base folder {root} does not exist or is not a folder; the index was left as it was",
+                "pass --kb DIR or set kb in supportbot.toml",
+            )
+        try:
+            return self._scan(root, known)
+        except OSError as err:
+            raise KnowledgeBaseError(
+                f"cannot read the knowledge-base folder {root} ({err.strerror or err}); the index was left as it was",
+                "check the folder's permissions",
+            ) from None
 
     def _apply(self, live, rebuild, known, sources, gone, new_files, report, entries, progress):
         """Write the changes into a new generation and publish it. Returns (vectorstore, generation, layout)."""
@@ -400,3 +371,43 @@ def _with_stat(meta: dict, stat: list[int] | None) -> dict:
     """A file-list entry carrying the stat the next scan may trust (none when it was too recent)."""
     meta = {k: v for k, v in meta.items() if k != "stat"}
     return {**meta, "stat": stat} if stat else meta
+
+
+def plan_changes(scan: FolderScan, manifest: Manifest, known: dict, report: SyncReport, root: Path,
+                 allow_empty: bool) -> tuple[list, dict, list[str]]:
+    """What a sync must change, whatever holds the index (FAISS here, PostgreSQL in `bot.pgstore`):
+    (sources to index as (Source, sha256, existed, stat), the file list without them, files gone).
+    `known`: the live list's entries that still count. Refuses a folder gone empty unless `allow_empty`."""
+    sources, new_files = [], {}
+    kept = {s.rel for s in scan.skipped if s.keep_previous}
+    for rel, entry in scan.entries.items():
+        old = known.get(rel)
+        if old and old["sha256"] == entry.sha256:
+            if entry.data is None:  # not read: its stat matched the trusted one of this entry, which stands
+                new_files[rel] = old
+                continue
+            stat = scan.trusted_stat(rel)
+            new_files[rel] = old if old.get("stat") == stat else _with_stat(old, stat)
+            continue
+        parsed = read_source(entry)
+        if isinstance(parsed, Skipped):
+            log.warning("skipped %s: %s", rel, parsed.reason)
+            scan.skipped.append(parsed)
+            if parsed.keep_previous:
+                kept.add(rel)
+            continue
+        sources.append((parsed, entry.sha256, old is not None, scan.trusted_stat(rel)))
+    for rel in kept & manifest.files.keys():
+        new_files[rel] = manifest.files[rel]  # unreadable now: keep its last good version
+    report.skipped = [
+        {"file": s.rel, "reason": s.reason, "kept_previous": s.rel in manifest.files and s.keep_previous}
+        for s in scan.skipped
+    ]
+    reading = {src.rel for src, *_ in sources}
+    gone = [rel for rel in manifest.files if rel not in new_files and rel not in reading]
+    if not new_files and not sources and manifest.files and not allow_empty:
+        raise KnowledgeBaseError(
+            f"{root} has no readable documents now; the index of {len(manifest.files)} files was kept",
+            "check the folder (wrong --kb?), or run `supportbot sync --allow-empty` to really empty the index",
+        )
+    return sources, new_files, gone

@@ -115,6 +115,14 @@ class IndexView:
         candidates |= lexical.keys()
         order = sorted(candidates)
         cosine = dict(zip(order, (self.vectors[order] @ qvec).tolist()))
+        return self.rank(query, cosine, lexical, params, k, t0)
+
+    def rank(self, query: str, cosine: dict[int, float], lexical: dict[int, float], params: RetrievalSettings,
+             k: int, t0: float) -> SearchResult:
+        """The top k of the candidates (`cosine`: each one's cosine with the question; `lexical`: the
+        BM25 scores of the lexical ranking's top), fused, twins collapsed, capped per file. Also how
+        `bot.pgstore` ranks the candidates PostgreSQL returns, so both stores answer alike."""
+        order = sorted(cosine)
         top_bm25 = max(lexical.values(), default=1.0)
         fused = {i: cosine[i] + params.lexical_weight * lexical.get(i, 0.0) / top_bm25 for i in order}
         if params.lead_bonus:
