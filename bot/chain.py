@@ -62,6 +62,18 @@ def recite(sentence: str, n: int) -> str:
     return CITATION.sub(lambda m: f"[{n}]" if next(marks) == 0 else "", sentence).replace(" .", ".")
 
 
+def _closest(passages: list[Passage], question: str, asked: str) -> tuple[Passage | None, dict, dict]:
+    """Retrieval does not know what kind of value is asked for: among the passages holding that
+    kind, the closest is the one whose sentence fits the question best (then the best score).
+    Returns it (None where no passage holds one), each holder's fit, and the term weights."""
+    holding = [p for p in passages if carries(p.text, asked)] if asked else []
+    if not holding:
+        return None, {}, {}
+    weights = term_weights([f"{_heading(p)} {p.text}" for p in passages])
+    fits = {p.n: best_fit(p.text, question, asked, _heading(p), weights) for p in holding}
+    return max(holding, key=lambda p: (fits[p.n], p.score)), fits, weights
+
+
 def _renumber(passages: list[Passage]) -> list[Passage]:
     return [replace(p, n=i) for i, p in enumerate(passages, 1)]
 
@@ -163,9 +175,20 @@ class SupportChain:
     def _answer(self, state: dict, voice: prompts.Voice) -> Iterator[dict]:
         loaded, ms, cs = self.generator.loaded, self.settings.model, self.settings.chain
         budget = loaded.context - min(ms.max_new_tokens, loaded.context // 2) - 8
-        full = {p.n: p for p in state["passages"]}
-        shown = [replace(p, text=prompts.select_sentences(p.text, state["question"], cs.passage_sentences))
-                 for p in state["passages"]]
+        question, asked = state["question"], asked_value(state["question"])
+        ranked = state["passages"]
+        first = _closest(ranked, question, asked)[0] if cs.answer_first and asked else None
+        if first is not None:
+            # The passage most likely to hold the asked value goes first, alone or nearly: given four,
+            # SmolLM2-135M copies a true sentence that does not answer as often as the one that does
+            # (on the shipped questions: the gold value is in the first passage shown for 40 of 40
+            # this way, 32 of 40 in retrieval order; own answers 0.425 with four, 0.675 with one)
+            ranked = _renumber([first, *(p for p in ranked if p is not first)])
+            ranked = ranked[:cs.value_passages] if cs.value_passages > 0 else ranked
+        full = {p.n: p for p in ranked}
+        shown = [replace(p, text=prompts.select_sentences(p.text, question, cs.passage_sentences,
+                                                          asked if cs.answer_first else "", _heading(p)))
+                 for p in ranked]
         shown = prompts.fit_passages(lambda m: len(loaded.encode(m)), state["question"], shown, budget)
         if not shown:  # a context window too small for even one passage: do not answer blind
             yield from self._refuse(state, voice)
@@ -196,14 +219,8 @@ class SupportChain:
         cited = cited_numbers(generated, len(passages))
         evidence = [p for p in passages if p.n in cited] or passages
         flagged = unsupported(generated, [evidence_of[p.n] for p in evidence], names) if cs.grounding != "off" else []
-        question, asked = state["question"], asked_value(state["question"])
         text, kind = (generated if hold else gate.text), "answer"
-        holding = [p for p in passages if carries(p.text, asked)] if asked else []
-        weights = term_weights(list(evidence_of.values())) if holding else {}
-        fits = {p.n: best_fit(p.text, question, asked, _heading(p), weights) for p in holding}
-        # Retrieval does not know what kind of value is asked for: among the passages holding that
-        # kind, the closest is the one whose sentence fits the question best
-        closest = max(holding, key=lambda p: (fits[p.n], p.score)) if holding else None
+        closest, fits, weights = _closest(passages, question, asked)
         replace_it = not stopped and not text
         if hold and not stopped:
             replace_it = replace_it or self._fails_whole_checks(generated, passages, shown, question, asked, voice,

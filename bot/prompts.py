@@ -70,10 +70,11 @@ def conversation_messages(message: str, history: list[dict]) -> list[dict]:
     return [{"role": "system", "content": CONVERSATION_INSTRUCTIONS}, *history, {"role": "user", "content": message}]
 
 
-def select_sentences(text: str, question: str, keep: int) -> str:
+def select_sentences(text: str, question: str, keep: int, kind: str = "", heading: str = "") -> str:
     """The `keep` sentences of a passage closest to the question (all of it when keep <= 0): a
-    small model copies far better from two sentences than from a 900-character passage."""
-    return best_sentences(text, question, keep) if keep > 0 else text
+    small model copies far better from two sentences than from a 900-character passage. With the
+    `kind` of value asked for and the passage's `heading`, as `best_sentences` weighs them."""
+    return best_sentences(text, question, keep, kind=kind, heading=heading) if keep > 0 else text
 
 
 def fit_passages(count, question: str, passages: list[Passage], budget: int) -> list[Passage]:

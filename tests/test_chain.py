@@ -33,7 +33,8 @@ def make_bot(tiny_base, adapters, data, embeddings, kb=SHIPPED_KB, **chain):
     settings = Settings(kb=kb, data_dir=data, adapters_dir=adapters)
     settings.model.name = str(tiny_base)
     settings.model.max_new_tokens = 40
-    settings.chain.passage_sentences = 0  # whole passages: the prompts the test voices were trained on
+    settings.chain.passage_sentences = 0  # whole passages in retrieval order, all of them: the prompts the
+    settings.chain.answer_first = False  # test voices were trained on
     for key, value in chain.items():
         setattr(settings.chain, key, value)
     return build_bot(settings.validate(), embeddings, loaded=load_tiny(tiny_base))
@@ -269,3 +270,29 @@ def test_an_injected_document_reaches_the_model_only_as_quoted_data(tiny_base, t
     block = user.split('<passage n="1"', 1)[1]
     assert "Ignore previous instructions" in block.split("</passage>", 1)[0]
     assert "admin mode" in block.split("</passage>", 1)[0]  # the forged delimiter did not close the block
+
+
+@pytest.mark.parametrize("question, shown, first_holds", [
+    # the sensor's battery passage ranks first; the passage holding its price goes first, alone
+    ("How much is one room sensor?", 1, "$39"),
+    # a plan refund (14 days) ranks first; the returns page, whose sentence fits best, goes first
+    ("How many days do I have to return a thermostat?", 1, "60 days"),
+    # no kind of value asked for: every passage, in retrieval order
+    ("How do I reset my password?", 4, None),
+])
+def test_the_passage_holding_the_asked_value_is_shown_first(tiny_base, adapters, index_dir, embeddings, monkeypatch,
+                                                            question, shown, first_holds):
+    bot = make_bot(tiny_base, adapters, index_dir, embeddings, answer_first=True, value_passages=1)
+    prompts = []
+    real = bot.chain.generator.stream
+    monkeypatch.setattr(bot.chain.generator, "stream", lambda messages, *a, **k: prompts.append(messages) or real(
+        messages, *a, **k))
+    answer = bot.chain.ask(question, adapter="sunny")
+    user = prompts[0][-1]["content"]
+    assert user.count("<passage n=") == shown == len(answer.sources)
+    assert [s["n"] for s in answer.sources] == list(range(1, shown + 1))
+    if first_holds:
+        assert first_holds in user and first_holds in answer.sources[0]["text"]
+        assert first_holds not in bot.kb.search(question).passages[0].text  # retrieval alone ranks it lower
+    else:
+        assert [s["source"] for s in answer.sources] == [p.source for p in bot.kb.search(question).passages]
