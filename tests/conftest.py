@@ -86,13 +86,26 @@ def index_content(kb) -> set[tuple[str, str]]:
     return {(d.metadata["source"], d.page_content) for d in view.docs}
 
 
+_CLEAN_BUILDS: dict[str, set[tuple[str, str]]] = {}
+
+
 def clean_build(kb_dir: Path, tmp: Path, embeddings) -> set[tuple[str, str]]:
+    """What a fresh index of `kb_dir` holds. Built once per folder content and test run: the crash
+    tests end in the same folder content for every kill point, and each build embeds ~150 pages."""
+    import hashlib
+
     from bot.config import Settings
     from bot.knowledge import KnowledgeBase
 
-    fresh = KnowledgeBase(Settings(kb=kb_dir, data_dir=tmp).validate(), embeddings)
-    fresh.sync()
-    return index_content(fresh)
+    digest = hashlib.sha256()
+    for f in sorted(x for x in kb_dir.rglob("*") if x.is_file()):
+        digest.update(f"{f.relative_to(kb_dir)}\0".encode() + hashlib.sha256(f.read_bytes()).digest())
+    key = digest.hexdigest()
+    if key not in _CLEAN_BUILDS:
+        fresh = KnowledgeBase(Settings(kb=kb_dir, data_dir=tmp).validate(), embeddings)
+        fresh.sync()
+        _CLEAN_BUILDS[key] = index_content(fresh)
+    return set(_CLEAN_BUILDS[key])
 
 
 # --- tiny generator models and adapters, built and trained here (as peft's own tests do) ---------
