@@ -104,7 +104,10 @@ def main() -> None:
         timed = {a: speed([r for r in ask_all(bot, inscope[: args.speed], a) if r["kind"] in ("answer", "fallback")])
                  for a in adapters}
         timed["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-        timed["passages_per_prompt"] = settings.retrieval.k
+        # what the model is shown: retrieval.k passages, or chain.value_passages where a value is asked
+        timed["passages_retrieved"] = settings.retrieval.k
+        timed["passages_shown_for_a_value"] = settings.chain.value_passages if settings.chain.answer_first else None
+        timed["sentences_per_passage"] = settings.chain.passage_sentences
         print(json.dumps(timed))
         return
     t0 = time.perf_counter()
