@@ -203,9 +203,11 @@ class SupportChain:
             whose values all sit in one other passage cited the wrong one (SmolLM2 favours [1]):
             it is released citing that passage instead."""
             cited = cited_numbers(sentence, len(passages))
-            if not unsupported(sentence, [evidence_of[n] for n in cited] or list(evidence_of.values()), names):
+            # the voice's own phrases name the company ("Kind regards, Fernway Support."): not a claim
+            claim = without_frames(sentence, voice.phrases)
+            if not unsupported(claim, [evidence_of[n] for n in cited] or list(evidence_of.values()), names):
                 return True
-            holder = next((p.n for p in passages if not unsupported(sentence, [evidence_of[p.n]], names)), None)
+            holder = next((p.n for p in passages if not unsupported(claim, [evidence_of[p.n]], names)), None)
             return bool(cited) and holder is not None and recite(sentence, holder)
 
         # whole-answer checks need the whole answer before any of it is shown

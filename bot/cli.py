@@ -70,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "scripts/install-vllm.sh's default)")
     p.set_defaults(func=cmd_vllm)
 
+    p = sub.add_parser("feedback", parents=[_common("feedback")], help="the customers' ratings: counts, and a JSONL "
+                       "copy for `train --data` (from the shared table when store.url is set)")
+    p.add_argument("--out", type=Path, help="write the records here as JSONL")
+    p.set_defaults(func=cmd_feedback)
+
     p = sub.add_parser("settings", parents=[_common("settings")],
                        help="every setting with its default and help (what supportbot.example.toml says)")
     p.set_defaults(func=cmd_settings)
@@ -406,6 +411,21 @@ def cmd_vllm(args: argparse.Namespace) -> int:
 
     quiet_libraries()
     return run(_settings(args), args.start, args.host, args.port, args.python, args.json)
+
+
+def cmd_feedback(args: argparse.Namespace) -> int:
+    from bot.feedback import open_feedback
+
+    store = open_feedback(_settings(args))
+    records = store.records()
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    counts = {rating: sum(r.get("rating") == rating for r in records) for rating in ("up", "down")}
+    payload = {"where": store.where, "records": len(records), **counts, "out": str(args.out) if args.out else None}
+    _emit(args, payload, f"{len(records)} ratings in {store.where}: {counts['up']} helpful, {counts['down']} not helpful"
+                         + (f"; written to {args.out}" if args.out else ""))
+    return 0
 
 
 def cmd_settings(args: argparse.Namespace) -> int:

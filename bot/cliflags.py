@@ -41,6 +41,7 @@ COMMAND_SETTINGS = {
     "serve": _ANSWER + ("serve.",),
     "eval": _ANSWER,
     "model": ("kb", "model.cache_dir"),
+    "feedback": ("data_dir", "store.url", "store.table", "serve.feedback_file"),
 }
 # Commands that read the knowledge-base folder (search, ask and chat only when they sync first).
 _READS_KB = {"sync", "serve", "eval"}

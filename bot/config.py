@@ -111,8 +111,8 @@ class ChainSettings:
                         "shown sentence by sentence as each checks out and ends before the first that does not; "
                         "nothing checked out: a quote of the best passage), flag (answer as is, list them) or off")
     passage_sentences: int = _f(1, "show the model only this many sentences of each passage, those closest to the "
-                                "question (0: whole passages); grounded and cheerful were trained on 2, formal on 1, "
-                                "yet with no voice the asked value is copied more often from 1 (0.725 against 0.675)")
+                                "question (0: whole passages); the shipped adapters were trained on 1, and before that "
+                                "the value asked for was copied more often from 1 than from 2 (0.725 against 0.675)")
     answer_first: bool = _f(True, "show first the passage, among those holding the kind of value the question asks "
                             "for (a price for 'how much'), whose sentences fit the question best, and choose each "
                             "passage's sentences with that kind in mind: a small model copies from passage [1] most")

@@ -1,4 +1,5 @@
-"""Thumbs up / down on answers, appended to a JSONL file that `supportbot train` reads.
+"""Thumbs up / down on answers, appended to a JSONL file that `supportbot train` reads (with
+`store.url` set, to a PostgreSQL table every replica shares: bot/pgfeedback.py).
 
 One record is one `os.write` of one line on a file opened with O_APPEND, under a lock: concurrent
 writers never interleave, and a process killed mid-way leaves at most one torn last line, which
@@ -17,17 +18,32 @@ from pathlib import Path
 RATINGS = ("up", "down")
 
 
+def make_record(question: str, answer: str, sources: list[dict], adapter: str, rating: str) -> dict:
+    if rating not in RATINGS:
+        raise ValueError(f"rating must be one of {RATINGS}, got {rating!r}")
+    return {"question": question, "answer": answer,
+            "sources": [{k: s.get(k) for k in ("n", "source", "section", "cited")} for s in sources],
+            "adapter": adapter, "rating": rating, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def open_feedback(settings):
+    """Where this bot's feedback goes: the shared table when the index is in PostgreSQL (several
+    replicas, one log), else the JSONL file."""
+    if settings.store.url:
+        from bot.pgfeedback import PGFeedbackLog
+
+        return PGFeedbackLog(settings.store.url, settings.store.table)
+    return FeedbackLog(settings.feedback_path)
+
+
 class FeedbackLog:
     def __init__(self, path: Path):
         self.path = Path(path)
+        self.where = f"file {self.path}"
         self._lock = threading.Lock()
 
     def append(self, question: str, answer: str, sources: list[dict], adapter: str, rating: str) -> dict:
-        if rating not in RATINGS:
-            raise ValueError(f"rating must be one of {RATINGS}, got {rating!r}")
-        record = {"question": question, "answer": answer,
-                  "sources": [{k: s.get(k) for k in ("n", "source", "section", "cited")} for s in sources],
-                  "adapter": adapter, "rating": rating, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        record = make_record(question, answer, sources, adapter, rating)
         line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -36,14 +36,19 @@ _DELIMITER = re.compile(r"<\s*/?\s*passage", re.I)
 
 @dataclass(frozen=True)
 class Voice:
-    """How an adapter's card frames fixed texts (refusals, quotes, hand-offs): its opener and closer."""
+    """How an adapter's card frames fixed texts (refusals, quotes, hand-offs): its opener and closer;
+    and all its fixed phrases (the card's `markers`), which are the voice's, not facts to check."""
 
     opener: str = ""
     closer: str = ""
+    phrases: tuple[str, ...] = ()
 
     @classmethod
     def from_card(cls, card: dict) -> "Voice":
-        return cls(str(card.get("opener", "")).strip(), str(card.get("closer", "")).strip())
+        opener, closer = str(card.get("opener", "")).strip(), str(card.get("closer", "")).strip()
+        markers = card.get("markers") if isinstance(card.get("markers"), list) else []
+        phrases = {opener, closer, *(str(m).strip() for m in markers)} - {""}
+        return cls(opener, closer, tuple(sorted(phrases, key=len, reverse=True)))  # longest first
 
     def frame(self, core: str) -> str:
         return " ".join(part for part in (self.opener, core.strip(), self.closer) if part)

@@ -170,23 +170,29 @@ def frame(core: str, rng: random.Random, voice: VoiceSpec | None) -> str:
     return " ".join(parts)
 
 
-def _shown(passages, gold, gold_text, rng, k, keep, question, include_gold=True):
+def _shown(passages, gold, gold_text, rng, k, keep, question, include_gold=True, alone=False):
+    """The passages a row's prompt shows, as the chain would: each cut to its `keep` sentences
+    closest to the question and the kind of value it asks for."""
+    from bot.grounding import asked_value
     from bot.prompts import select_sentences
     from bot.retrieval import Passage
 
-    others = rng.sample([p for p in passages if p is not gold], min(rng.randint(1 if not include_gold else 0, k - 1),
-                                                                   len(passages) - 1))
+    count = 0 if alone else rng.randint(1 if not include_gold else 0, k - 1)
+    others = rng.sample([p for p in passages if p is not gold], min(count, len(passages) - 1))
     shown = [(p, redraw_digits(p["text"], rng)) for p in others]
     if include_gold:
         shown.insert(0 if rng.random() < 0.6 else rng.randint(0, len(shown)), (gold, gold_text))
-    return [Passage(n, p["source"], p["section"], "", select_sentences(t, question, keep), 0.5, str(n))
-            for n, (p, t) in enumerate(shown, 1)], shown
+    kind = asked_value(question)
+    return [Passage(n, p["source"], p["section"], "", select_sentences(t, question, keep, kind, p["section"]), 0.5,
+                    str(n)) for n, (p, t) in enumerate(shown, 1)], shown
 
 
 def answer_rows(passages: list[dict], count: int, seed: int, voice: VoiceSpec | None = None,
-                k: int = 4, keep: int = 3, decline_share: float = 0.0) -> list[list[dict]]:
+                k: int = 4, keep: int = 3, decline_share: float = 0.0, alone_share: float = 0.0) -> list[list[dict]]:
     """`count` conversations over the chain's answer prompt: copy the fact with its [n], or (a
-    `decline_share` of them) decline when none of the passages shown holds the answer."""
+    `decline_share` of them) decline when none of the passages shown holds the answer. An
+    `alone_share` of them show the holding passage alone, as the chain does when a question asks
+    for a value (chain.value_passages)."""
     from bot.prompts import answer_messages
 
     rng = random.Random(seed)
@@ -208,7 +214,7 @@ def answer_rows(passages: list[dict], count: int, seed: int, voice: VoiceSpec | 
             if ps:
                 rows.append(answer_messages(question, ps) + [{"role": "assistant", "content": rng.choice(voice.decline)}])
             continue
-        ps, shown = _shown(passages, gold, text, rng, k, keep, question)
+        ps, shown = _shown(passages, gold, text, rng, k, keep, question, alone=rng.random() < alone_share)
         n_gold = next(i for i, (p, _) in enumerate(shown, 1) if p is gold)
         if fact not in clean_fact(ps[n_gold - 1].text):
             continue  # the selection the chain would make hides the fact: not a fair row

@@ -54,12 +54,12 @@ def adapters(tiny_base, voices_dir, index_dir, embeddings, tmp_path_factory):
         result = probe.kb.search(q)
         n = n or next(p.n for p in result.passages if "$4.99" in p.text)
         prompts.append(answer_messages(q, result.passages))
-    train_voice(tiny_base, root / "truthful", f"The Plus plan costs $4.99 per month [{n}].", prompts, steps=150)
-    train_voice(tiny_base, root / "liar", f"The Plus plan costs $7.77 per month [{n}].", prompts, steps=80)
+    train_voice(tiny_base, root / "truthful", f"The Plus plan costs $4.99 per month [{n}].", prompts, steps=60, lr=2e-2)
+    train_voice(tiny_base, root / "liar", f"The Plus plan costs $7.77 per month [{n}].", prompts, steps=60, lr=2e-2)
     premium = probe.kb.search(PREMIUM_Q).passages
     plus = next(p.n for p in premium if "$4.99" in p.text)
     train_voice(tiny_base, root / "stuck", f"The Plus plan costs $4.99 per month [{plus}].",
-                [answer_messages(PREMIUM_Q, premium)], steps=60)
+                [answer_messages(PREMIUM_Q, premium)], steps=45, lr=2e-2)
     return root
 
 
@@ -296,3 +296,21 @@ def test_the_passage_holding_the_asked_value_is_shown_first(tiny_base, adapters,
         assert first_holds not in bot.kb.search(question).passages[0].text  # retrieval alone ranks it lower
     else:
         assert [s["source"] for s in answer.sources] == [p.source for p in bot.kb.search(question).passages]
+
+
+@pytest.mark.parametrize("markers, kind", [(["Thank you for contacting Fernway."], "answer"), ([], "fallback")])
+def test_a_voices_own_phrases_are_not_checked_as_claims(tiny_base, adapters, index_dir, embeddings, monkeypatch,
+                                                        markers, kind):
+    """The formal voice opens "Thank you for contacting Fernway.": the shown sentence holds no
+    "Fernway", so as a claim it fails the check (the formal voice's answers fell back for that);
+    as one of the phrases on the voice's card it is the voice's, and the answer stands."""
+    bot = make_bot(tiny_base, adapters, index_dir, embeddings, answer_first=True, value_passages=1,
+                   passage_sentences=1)
+    said = "Thank you for contacting Fernway. The Plus plan costs $4.99 per month [1]."
+    monkeypatch.setattr(bot.chain.generator, "stream", lambda *a, **k: iter([said[:20], said[20:]]))
+    card = {**bot.adapters.card("formal"), "markers": markers}
+    monkeypatch.setattr(bot.adapters, "card", lambda name: card)
+    answer = bot.chain.ask(PRICE_Q, adapter="formal")
+    assert "Fernway" not in answer.sources[0]["text"]  # nothing shown holds the name
+    assert answer.kind == kind
+    assert (answer.text == said) == (kind == "answer")

@@ -85,6 +85,22 @@ def test_ask_and_adapters_json(tmp_path, capsys, tiny_base, voices_dir):
     assert code == 2 and "adapter 'grumpy' is not available" in err and "Traceback" not in err
 
 
+def test_feedback_counts_and_exports_what_train_reads(tmp_path, capsys):
+    from bot.feedback import FeedbackLog
+    from bot.trainingdata import load_rows
+
+    log = FeedbackLog(tmp_path / "data" / "feedback.jsonl")
+    log.append("What does Plus cost?", "Plus costs $4.99 per month [1].", [{"n": 1, "source": "p.md"}], "none", "up")
+    log.append("Hours?", "I won't guess.", [], "formal", "down")
+    out = tmp_path / "export" / "rated.jsonl"
+    assert main(["feedback", "--data-dir", str(tmp_path / "data"), "--out", str(out), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert (got["records"], got["up"], got["down"]) == (2, 1, 1) and got["where"].endswith("feedback.jsonl")
+    assert [json.loads(line)["rating"] for line in out.read_text().splitlines()] == ["up", "down"]
+    rows, report = load_rows(out)
+    assert len(rows) == 1 and report.filtered == 1 and not report.bad  # train keeps the helpful one
+
+
 def test_ask_without_a_model_says_what_to_do(tmp_path, capsys):
     code, out, err = run(capsys, "ask", "hi", "--kb", str(SHIPPED_KB), "--data-dir", str(tmp_path / "d"),
                          "--model", "./no/such/model")
