@@ -27,9 +27,9 @@ QUESTION = "How much does the Plus plan cost per month?"
 class Server:
     """`supportbot serve` on 127.0.0.1 in its own process group, with its log kept for failures."""
 
-    def __init__(self, root: Path):
-        self.root, self.port, self.proc = root, free_port(), None
-        self.kb, self.data = root / "kb", root / "data"
+    def __init__(self, root: Path, kb: Path | None = None, extra: tuple[str, ...] = ()):
+        self.root, self.port, self.proc, self.extra = root, free_port(), None, extra
+        self.kb, self.data = kb or root / "kb", root / "data"
         self.url = f"http://127.0.0.1:{self.port}/"
 
     def start(self, timeout_s: float = 180) -> "Server":
@@ -39,7 +39,7 @@ class Server:
         self.proc = subprocess.Popen(
             [exe, "serve", "--kb", str(self.kb), "--data-dir", str(self.data), "--adapters-dir", str(self.root / "none"),
              "--port", str(self.port), "--knowledge.watch_seconds", "1", "--serve.voice_choice", "true",
-             "--model.max_new_tokens", "48", "--quiet"],  # customers may pick the shipped voices; short answers
+             "--model.max_new_tokens", "48", "--quiet", *self.extra],  # customers may pick the shipped voices; short answers
             stdout=self.log, stderr=self.log, start_new_session=True, env=env)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -138,7 +138,7 @@ def test_sigkill_during_a_sync_then_restart_converges(server, embeddings, tmp_pa
     srv = server.start()
     kb = _kb_at(srv, embeddings)
     live_before, passages_before = kb.store.current(), len(index_content(kb))
-    for i in range(100):  # enough work for the watcher's sync to be under way when the kill lands
+    for i in range(60):  # enough work for the watcher's sync to be under way when the kill lands
         write(srv.kb / f"more/page{i}.md", f"# Page {i}\n\n" + " ".join(f"Fact {j} of page {i} is {i * j}." for j in range(40)))
     (srv.kb / "energy-reports.md").unlink()
     deadline = time.monotonic() + 30

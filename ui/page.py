@@ -27,7 +27,7 @@ import gradio as gr
 
 from bot.adapters import AdapterError
 from bot.errors import ConfigError, RequestError, SupportbotError
-from bot.feedback import FeedbackLog
+from bot.feedback import FeedbackLog, open_feedback
 from ui.format import (FEEDBACK_COLUMNS, VOICE_COLUMNS, chat_text, customer_error, error_text, feedback_rows,
                        history_messages, kb_status_markdown, markdown_text, sources_markdown, upload_name, voice_rows)
 
@@ -92,7 +92,7 @@ class ChatPage:
     def __init__(self, bot, feedback: FeedbackLog | None = None):
         self.bot = bot
         self.settings = bot.settings
-        self.feedback = feedback or FeedbackLog(bot.settings.feedback_path)
+        self.feedback = feedback or open_feedback(bot.settings)
         self._stops: dict[str, threading.Event] = _Recent()
         self._last: dict[str, dict] = _Recent()
         self._upload_lock = threading.Lock()
@@ -152,7 +152,11 @@ class ChatPage:
         last = self._last.get(_session(request))
         if last is None:
             return "Ask a question first, then rate the answer."
-        self.feedback.append(last["question"], last["answer"], last["sources"], last["adapter"], rating)
+        try:
+            self.feedback.append(last["question"], last["answer"], last["sources"], last["adapter"], rating)
+        except SupportbotError as err:
+            log.warning("feedback not saved: %s", err)
+            return "Sorry, your rating could not be saved just now. Please try again in a minute."
         return f"Thanks: feedback saved ({'helpful' if rating == 'up' else 'not helpful'})."
 
     def rate_up(self, request: gr.Request | None = None) -> str:
@@ -214,8 +218,13 @@ class ChatPage:
         return f"Added `{name}` ({size / 1e3:.1f} kB)."  # upload_name left letters, digits, "._ -" only
 
     def feedback_table(self) -> dict:
-        """The newest feedback records, newest first (a Dataframe value)."""
-        return {"headers": FEEDBACK_COLUMNS, "data": feedback_rows(self.feedback.records(), FEEDBACK_ROWS)}
+        """The newest feedback records, newest first (a Dataframe value); none while they cannot be read."""
+        try:
+            records = self.feedback.records()
+        except SupportbotError as err:
+            log.warning("feedback not read: %s", err)
+            records = []
+        return {"headers": FEEDBACK_COLUMNS, "data": feedback_rows(records, FEEDBACK_ROWS)}
 
     def voices_table(self) -> dict:
         """Every adapter folder found, loaded or refused with the reason (a Dataframe value)."""
@@ -299,7 +308,7 @@ class ChatPage:
                     gr.Markdown(self.voices_note(), elem_id="voice-note")
                     voices = gr.Dataframe(value=self.voices_table(), interactive=False, wrap=True, elem_id="voices")
                     rescan = gr.Button("Rescan the adapters folder", elem_id="rescan")
-            gr.Markdown(f"### Feedback (newest {FEEDBACK_ROWS}; file `{markdown_text(str(self.feedback.path))}`)")
+            gr.Markdown(f"### Feedback (newest {FEEDBACK_ROWS}; {markdown_text(self.feedback.where)})")
             feedback = gr.Dataframe(value=self.feedback_table(), interactive=False, wrap=True, elem_id="feedback")
             refresh = gr.Button("Refresh", elem_id="refresh")
             sync.click(self.sync_now, outputs=status, api_name="sync")
