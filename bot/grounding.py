@@ -175,7 +175,9 @@ def best_sentences(passage: str, question: str, limit: int = 2, kind: str = "", 
         return passage.strip()
     q, head = _content_terms(question, kind), frozenset(tokenize(heading))
     weights = [_fit(s, q, kind, head) for s in found]
-    ranked = sorted(range(len(found)), key=lambda i: (-weights[i], i))
+    # on a tie, the sentence holding the kind asked: "Up to 5 API keys per account." over "Premium
+    # subscribers can create personal API keys" for "How many API keys can I create?"
+    ranked = sorted(range(len(found)), key=lambda i: (-weights[i], bool(kind) and not carries(found[i], kind), i))
     keep = sorted(ranked[:limit])
     return " ".join(found[i] for i in keep)
 
@@ -217,7 +219,9 @@ _ASKS = [
     # "how much is/does..." asks a price; "how much run time..." asks a quantity
     ("price", re.compile(r"\bhow much (?:is|are|was|were|does|do|did|will|would|should|can|could)\b"
                          r"|\bcosts?\b|\bprices?\b|\bfees?\b", re.I), MONEY),
-    ("duration", re.compile(r"\bhow long\b|\bhow many (?:days|weeks|months|years|hours|minutes)\b|\bhow old\b", re.I),
+    # "how fast do refunds arrive" asks a time ("within 5 business days"), not a speed
+    ("duration", re.compile(r"\bhow (?:long|old|fast|soon|quickly)\b"
+                            r"|\bhow many (?:days|weeks|months|years|hours|minutes)\b", re.I),
      re.compile(r"\b\d[\d,.]*\s*(?:-|to)?\s*(?:business\s+|calendar\s+)?"
                 r"(?:days?|weeks?|months?|years?|hours?|minutes?)\b", re.I)),
     ("count", re.compile(r"\bhow many\b", re.I), re.compile(r"(?<![\w.])\d[\d,]*(?:\.\d+)?(?!\w)")),  # not "2FA"

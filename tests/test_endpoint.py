@@ -21,12 +21,15 @@ import pytest
 
 from conftest import SHIPPED_KB, free_port
 
-pytestmark = [pytest.mark.engines, pytest.mark.slow]
+# the first test to use a server pays its start (52-155 s here): more room than the default 300 s
+pytestmark = [pytest.mark.engines, pytest.mark.slow, pytest.mark.timeout(600)]
 
 QUESTIONS = ["How much does the Plus plan cost per month?", "How long is the free trial?",
              "What do international returns cost?", "Which e-mail address reaches customer support?"]
 VOICES = ("none", "cheerful", "formal")
 TOKENS = 48  # enough for a value, its citation and a voice's opener
+# the tests that generate most: 60-70 s on a CPU with AVX512/AMX, 224-300+ s on an AVX2-only one
+SLOW_TIMEOUT = 900
 
 
 class Proxy:
@@ -181,6 +184,7 @@ def test_whole_chain_streams_on_the_server_in_each_voice(remote_bot):
         print(f"\n{voice}: {answer.text!r} ({answer.kind}, {answer.timings})")
 
 
+@pytest.mark.timeout(SLOW_TIMEOUT)
 def test_eight_concurrent_requests_over_three_voices_equal_their_solo_output(remote_bot):
     """The vLLM bug (a base-model request batched with adapter requests gets an adapter's weights)
     is avoided by serving none as a zero adapter: each mixed-batch answer is its solo answer.
@@ -223,6 +227,7 @@ def test_eight_concurrent_requests_over_three_voices_equal_their_solo_output(rem
     assert exact >= 6
 
 
+@pytest.mark.timeout(SLOW_TIMEOUT)
 def test_greedy_output_equals_in_process_peft(remote_bot, default_model):
     """The same prompts, greedy, on the server (bf16) and in this process (peft, dtype auto: bf16 on
     a CPU with native bf16). Measured here: 13 of 15 whole-chain answers the same text; where they
@@ -356,6 +361,7 @@ def test_server_down_gives_a_short_chat_message_and_answers_resume(remote_bot, p
     assert remote_bot.chain.ask(QUESTIONS[1], adapter="cheerful").kind in ("answer", "fallback")
 
 
+@pytest.mark.timeout(SLOW_TIMEOUT)
 def test_real_server_restart_mid_answer(remote_bot, vllm_server):
     """The server itself stopped in the middle of an answer and started again: a short message for
     that chat and the next, no crash, answers resume by themselves (last: it restarts the server)."""

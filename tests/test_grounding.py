@@ -65,6 +65,14 @@ def test_best_sentences_prefer_the_kind_of_value_asked_for():
     assert best_sentences(text, question, kind="duration").startswith("New accounts can try Premium free for 30 days.")
 
 
+def test_best_sentences_break_a_tie_for_the_one_holding_the_kind_asked():
+    # both share "api" and "key"; the first also "create", the second a count of API keys
+    text = "Premium subscribers can create personal API keys under Account > Developer. Up to 5 API keys per account."
+    question = "How many API keys can I create?"
+    assert best_sentences(text, question, 1, kind="count api key") == "Up to 5 API keys per account."
+    assert best_sentences(text, question, 1) == "Premium subscribers can create personal API keys under Account > Developer."
+
+
 def test_best_sentences_picks_the_ones_about_the_question():
     text = "We ship to Canada. Plus costs $4.99 per month. Returns take 60 days."
     assert best_sentences(text, "How much does Plus cost per month?", limit=1) == "Plus costs $4.99 per month."
@@ -129,6 +137,7 @@ def test_copied_share_of_word_pairs(answer, frames, low, high):
     ("Which e-mail address do I write to?", "email", "Write to help@fernway.example.", "We answer e-mail within a day."),
     ("How long is the free trial?", "duration", "The trial lasts 30 days.", "We send a reminder before it ends."),
     ("How many days do I have to return it?", "duration", "Returns within 60 days.", "Returns are free."),
+    ("How fast do refunds arrive?", "duration", "Refunds within 5 business days.", "Refunds go to your card."),
     ("How many backup codes do I get?", "count backup code", "You get 10 backup codes.", "Set up 2FA on your new phone [1]."),
     ("How many backup codes do I get?", "count backup code", "Up to 10 new backup codes.", "Recovery takes 3 business days."),
     ("How many backup codes do I get?", "count backup code", "See [1] [2] [3]: 10 backup codes.", "[12] backup codes are kept."),

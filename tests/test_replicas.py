@@ -18,7 +18,8 @@ import pytest
 from conftest import SHIPPED_KB, api_client, reply_text
 from test_faults import Server
 
-pytestmark = [pytest.mark.engines, pytest.mark.slow]
+# the first test to use a server pays its start (52-155 s here): more room than the default 300 s
+pytestmark = [pytest.mark.engines, pytest.mark.slow, pytest.mark.timeout(600)]
 
 PRICE = "How much does the Plus plan cost per month?"
 PRICE_FILE = "plans/pricing-and-plans.md"
