@@ -39,7 +39,7 @@ class Server:
         self.proc = subprocess.Popen(
             [exe, "serve", "--kb", str(self.kb), "--data-dir", str(self.data), "--adapters-dir", str(self.root / "none"),
              "--port", str(self.port), "--knowledge.watch_seconds", "1", "--serve.voice_choice", "true",
-             "--model.max_new_tokens", "48", "--quiet", *self.extra],  # customers may pick the shipped voices; short answers
+             "--model.max_new_tokens", "24", "--quiet", *self.extra],  # customers may pick the shipped voices; short answers
             stdout=self.log, stderr=self.log, start_new_session=True, env=env)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
