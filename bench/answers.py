@@ -151,6 +151,12 @@ def main() -> None:
     result["misses"] = {a: [{"q": r["q"]["question"], "gold": r["q"]["answer"], "said": r["generated"][:160],
                              "shown": r["text"][:160]} for r in before[a] if not has(r["q"]["answer"], r["generated"])]
                         for a in adapters}
+    result["misses_after_edit"] = {a: [{"q": r["q"]["question"], "new": r["q"]["answer"], "old": r["q"]["old"],
+                                        "shown": r["text"][:200]} for r in after[a]
+                                       if not has(r["q"]["answer"], r["text"]) or has(r["q"]["old"], r["text"])]
+                                   for a in adapters}
+    result["out_of_scope_answered"] = {a: [{"q": r["q"]["question"], "shown": r["text"][:160]}
+                                           for r in refusals[a] if not r["refused"]] for a in adapters}
     shutil.rmtree(tmp, ignore_errors=True)
     if args.json:
         print(json.dumps(result))
@@ -165,6 +171,12 @@ def main() -> None:
     for a, misses in result["misses"].items():
         for m in misses:
             print(f"  miss [{a}] {m['q']} (gold {m['gold']}): {m['said']!r}")
+    for a, misses in result["misses_after_edit"].items():
+        for m in misses:
+            print(f"  after the edit [{a}] {m['q']} (new {m['new']}, old {m['old']}): {m['shown']!r}")
+    for a, answered in result["out_of_scope_answered"].items():
+        for m in answered:
+            print(f"  out of scope, answered [{a}] {m['q']}: {m['shown']!r}")
 
 
 if __name__ == "__main__":

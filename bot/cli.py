@@ -180,7 +180,11 @@ def cmd_search(args: argparse.Namespace) -> int:
         return 0
     lines = []
     if not result.relevant:
-        lines.append(f"Nothing relevant found (best score {result.best_score:.2f} < threshold {result.threshold:.2f}).")
+        why = (f"best score {result.best_score:.2f} < threshold {result.threshold:.2f}"
+               if result.best_score < result.threshold - result.borderline else
+               f"best score {result.best_score:.2f} is near the threshold {result.threshold:.2f} and the passages hold "
+               f"{result.support:.0%} of the question's words, under {result.min_support:.0%}")
+        lines.append(f"Nothing relevant found ({why}).")
         lines.append("Closest passages:" if result.passages else "The index is empty: add documents and run sync.")
     for p in result.passages:
         where = f"{p.source}" + (f" > {p.section}" if p.section else "")

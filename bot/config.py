@@ -70,6 +70,11 @@ class StoreSettings:
 class RetrievalSettings:
     k: int = _f(4, "passages returned per question")
     threshold: float = _f(0.35, "cosine similarity the best passage must reach to count as relevant")
+    borderline: float = _f(0.05, "within this distance of the threshold the best cosine does not decide alone: the "
+                           "question's words found in the passages retrieved must reach retrieval.min_support (on the "
+                           "shipped questions the lowest answerable one scored 0.349 and an off-topic one 0.351)")
+    min_support: float = _f(0.5, "share of the question's words (stemmed, stopwords out) that the passages retrieved "
+                            "must hold for a borderline score to count as relevant")
     candidates: int = _f(40, "candidates taken from each of the dense and lexical rankings before fusion")
     lexical_weight: float = _f(0.5, "fused score = cosine + this x BM25 / best BM25 of the query (0: dense only)")
     max_per_source: int = _f(0, "at most this many passages of one file in the top k (0: no cap)")
@@ -230,6 +235,9 @@ class Settings:
             )
         if not 0.0 <= self.retrieval.threshold <= 1.0:
             raise ConfigError(f"retrieval.threshold must be within 0..1, got {self.retrieval.threshold}")
+        if not 0.0 <= self.retrieval.borderline <= 1.0 or not 0.0 <= self.retrieval.min_support <= 1.0:
+            raise ConfigError("retrieval.borderline and retrieval.min_support must be within 0..1, got "
+                              f"{self.retrieval.borderline} and {self.retrieval.min_support}")
         if self.retrieval.k < 1:
             raise ConfigError(f"retrieval.k must be at least 1, got {self.retrieval.k}")
         if self.knowledge.chunk_overlap >= self.knowledge.chunk_chars:

@@ -6,8 +6,9 @@
 - hybrid:  the chain with the adapter
 
 Questions are JSONL rows {"question", "answer" (gold value or evidence span), "source" (gold
-file)}, plus rows with "out_of_scope": true that the knowledge base does not answer. Staleness is
-measured on a temporary copy of the knowledge base in which a few gold values are edited.
+file), optionally "also_stated_in" (other files that state the same fact)}, plus rows with
+"out_of_scope": true that the knowledge base does not answer. Staleness is measured on a temporary
+copy of the knowledge base in which a few gold values are edited, in every file that states them.
 """
 
 from __future__ import annotations
@@ -140,9 +141,16 @@ def _summary(rows: list[dict], markers: list[str], stale: list[dict]) -> dict:
     }
 
 
+def _value_at(value: str) -> re.Pattern:
+    """`value` standing alone: "$25" but not the start of "$250" or "$25.50"."""
+    return re.compile(rf"(?<![\w$]){re.escape(value)}(?![\w]|[.,]\d)")
+
+
 def edit_facts(kb: Path, questions: list[dict], count: int, seed: int) -> list[dict]:
-    """Replace the gold value of up to `count` questions in their source file by a value found
-    nowhere in the knowledge base; returns those questions with {"answer": new, "old": old}."""
+    """Replace the gold value of up to `count` questions, in their source file and the files listed
+    in "also_stated_in" (a team changing a fact changes it wherever the help center states it;
+    editing one page would leave it contradicting itself), by a value found nowhere in the
+    knowledge base; returns those questions with {"answer": new, "old": old}."""
     from bot.rows import redraw_digits
 
     rng = random.Random(seed)
@@ -156,7 +164,9 @@ def edit_facts(kb: Path, questions: list[dict], count: int, seed: int) -> list[d
         new = next((v for v in (redraw_digits(gold, rng) for _ in range(200)) if v != gold and v not in corpus), None)
         if new is None:
             continue
-        path.write_text(path.read_text(encoding="utf-8").replace(gold, new), encoding="utf-8")
+        at = _value_at(gold)
+        for f in [path, *(kb / rel for rel in q.get("also_stated_in", ()))]:
+            f.write_text(at.sub(new, f.read_text(encoding="utf-8")), encoding="utf-8")
         corpus += "\n" + new
         edited.append({**q, "answer": new, "old": gold})
     return edited

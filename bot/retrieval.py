@@ -5,7 +5,10 @@ On doc2dial this beat reciprocal-rank fusion (span-hit@4 0.82 vs 0.78): RRF lets
 match outvote a strong dense one, which score fusion does not.
 
 Every passage returned carries its real cosine similarity to the question, whichever ranking
-found it; the relevance threshold is applied to the best of those, so the chain can refuse.
+found it; the relevance threshold is applied to the best of those, so the chain can refuse. Near
+the threshold cosine alone does not separate the help center's questions from others (an answerable
+one at 0.349, "Do you sell refrigerators?" at 0.351), so there the question's own words must be
+found in the passages retrieved: a question about things the help center never names is refused.
 
 Twins (the same passage in two files: a page filed or crawled twice) take one slot of the top k,
 with the other files listed in `also_in`. On doc2dial, where 23 pages have a twin, twins filled
@@ -25,7 +28,7 @@ from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 
 from bot.config import RetrievalSettings
-from bot.lexical import BM25, Lexicon
+from bot.lexical import BM25, Lexicon, tokenize
 
 
 
@@ -51,6 +54,9 @@ class SearchResult:
     threshold: float
     seconds: float = 0.0
     timings: dict = field(default_factory=dict)
+    support: float = 1.0  # share of the question's words found in the passages (see word_support)
+    borderline: float = 0.0  # RetrievalSettings.borderline and .min_support
+    min_support: float = 0.0
 
     @property
     def best_score(self) -> float:
@@ -58,8 +64,12 @@ class SearchResult:
 
     @property
     def relevant(self) -> bool:
-        """False: nothing clears the threshold, and the chain must not answer from these."""
-        return bool(self.passages) and self.best_score >= self.threshold
+        """False: nothing clears the threshold (or, near it, the passages miss most of the question's
+        words), and the chain must not answer from these."""
+        best = self.best_score
+        if not self.passages or best < self.threshold - self.borderline:
+            return False
+        return best >= self.threshold + self.borderline or self.support >= self.min_support
 
     def to_dict(self) -> dict:
         return {
@@ -67,6 +77,7 @@ class SearchResult:
             "relevant": self.relevant,
             "threshold": self.threshold,
             "best_score": round(self.best_score, 4),
+            "support": round(self.support, 3),
             "seconds": round(self.seconds, 4),
             "passages": [p.to_dict() for p in self.passages],
         }
@@ -138,7 +149,9 @@ class IndexView:
             meta = doc.metadata
             passages.append(Passage(n, meta["source"], meta.get("section", ""), meta.get("title", ""), body,
                                     cosine[i], self.ids[i], tuple(also[i])))
-        return SearchResult(query, passages, params.threshold, time.perf_counter() - t0)
+        support = word_support(query, [self.docs[i].page_content for i in best])
+        return SearchResult(query, passages, params.threshold, time.perf_counter() - t0, support=support,
+                            borderline=params.borderline, min_support=params.min_support)
 
     def _leads(self) -> np.ndarray:
         """1.0 for each file's first passage (lowest offset; the earliest indexed on a tie, as PDF pages
@@ -196,6 +209,18 @@ class IndexView:
 
 
 _WORDS = re.compile(r"[a-z0-9]+(?:[.,:/-][a-z0-9]+)*")
+
+
+def word_support(query: str, texts: list[str]) -> float:
+    """Share of the query's words (bot.lexical's terms) that occur in `texts` (1.0 for a query of
+    stopwords only: nothing to miss)."""
+    terms = set(tokenize(query))
+    if not terms:
+        return 1.0
+    found = set()
+    for text in texts:
+        found.update(t for t in tokenize(text) if t in terms)
+    return len(found) / len(terms)
 
 
 def _diverse(order: list[int], docs: list[Document], k: int, cap: int) -> list[int]:

@@ -52,6 +52,27 @@ def test_fact_edits_use_values_found_nowhere(tmp_path):
     assert edited[0]["answer"] not in (SHIPPED_KB / "plans/pricing-and-plans.md").read_text()
 
 
+def test_an_edited_fact_changes_in_every_file_stating_it_and_nowhere_else(tmp_path):
+    write(tmp_path / "kb/shop.md", "The Power Adapter costs $25. Shipping is free over $250, or $25.50.")
+    write(tmp_path / "kb/help.md", "Install the Power Adapter ($25, free with the Pro).")
+    write(tmp_path / "kb/other.md", "A sensor pack is $25.")  # the same value, another fact: left alone
+    qs = [{"question": "Adapter?", "answer": "$25", "source": "shop.md", "also_stated_in": ["help.md"]}]
+    [edited] = edit_facts(tmp_path / "kb", qs, 5, seed=1)
+    new = edited["answer"]
+    assert (tmp_path / "kb/shop.md").read_text() == f"The Power Adapter costs {new}. Shipping is free over $250, or $25.50."
+    assert (tmp_path / "kb/help.md").read_text() == f"Install the Power Adapter ({new}, free with the Pro)."
+    assert (tmp_path / "kb/other.md").read_text() == "A sensor pack is $25."
+
+
+def test_shipped_questions_name_every_file_that_states_their_value():
+    """A gold value stated as the same fact in another file must be listed there, or the edit in
+    the benchmarks leaves the help center contradicting itself (seen: the password length)."""
+    questions = load_questions(SHIPPED_KB.parent / "bot" / "models" / "qa.jsonl")
+    for q in questions:
+        for rel in q.get("also_stated_in", ()):
+            assert q["answer"] in (SHIPPED_KB / rel).read_text(encoding="utf-8"), (q["question"], rel)
+
+
 def test_eval_runs_four_modes_and_writes_json_table_and_chart(tiny_base, voices_dir, tmp_path, capsys):
     code = main(["eval", "--model", str(tiny_base), "--adapters-dir", str(voices_dir), "--adapter", "sunny",
                  "--data-dir", str(tmp_path / "data"), "--limit", "3", "--stale-edits", "2",

@@ -100,6 +100,47 @@ def test_out_of_scope_questions_fall_below_the_threshold(shipped, question):
     assert not result.relevant and result.best_score < shipped.settings.retrieval.threshold
 
 
+@pytest.mark.parametrize("question, relevant", [
+    ("How old must I be to open an account?", True),  # cosine 0.349: just under, every word found
+    ("Do you sell refrigerators or washing machines?", False),  # 0.351: just over, 1 word of 4 found
+])
+def test_near_the_threshold_the_questions_words_decide(shipped, question, relevant):
+    result = shipped.search(question)
+    params = shipped.settings.retrieval
+    assert abs(result.best_score - params.threshold) < params.borderline  # the case this rule is for
+    assert result.relevant is relevant, (result.best_score, result.support)
+    assert result.to_dict()["support"] == pytest.approx(result.support, abs=1e-3)
+
+
+@pytest.mark.parametrize("best, support, borderline, relevant", [
+    (0.41, 0.0, 0.05, True),  # clear of the band: the cosine decides
+    (0.29, 1.0, 0.05, False),
+    (0.37, 0.5, 0.05, True),  # in the band: the words decide
+    (0.37, 0.25, 0.05, False),
+    (0.33, 0.75, 0.05, True),
+    (0.35, 0.0, 0.0, True),  # no band: the threshold alone, as before
+    (0.3499, 1.0, 0.0, False),
+])
+def test_relevance_table(best, support, borderline, relevant):
+    from bot.retrieval import Passage, SearchResult
+
+    passage = Passage(1, "a.md", "", "", "text", best, "id")
+    result = SearchResult("q", [passage], 0.35, support=support, borderline=borderline, min_support=0.5)
+    assert result.relevant is relevant
+
+
+@pytest.mark.parametrize("query, texts, share", [
+    ("Do you sell refrigerators or washing machines?", ["We sell thermostats."], 0.25),
+    ("What payment methods do you accept?", ["We accept these payment methods: cards and PayPal."], 1.0),
+    ("How do I?", ["anything"], 1.0),  # stopwords only: nothing to miss
+    ("refunds", [], 0.0),
+])
+def test_word_support(query, texts, share):
+    from bot.retrieval import word_support
+
+    assert word_support(query, texts) == pytest.approx(share)
+
+
 def test_langchain_retriever_face(shipped):
     from bot.retrieval import KnowledgeRetriever
 
