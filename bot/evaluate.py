@@ -165,6 +165,8 @@ def edit_facts(kb: Path, questions: list[dict], count: int, seed: int) -> list[d
         if new is None:
             continue
         at = _value_at(gold)
+        if not at.search(path.read_text(encoding="utf-8")):  # only inside a longer value ("4.99" of "$4.99")
+            continue
         for f in [path, *(kb / rel for rel in q.get("also_stated_in", ()))]:
             f.write_text(at.sub(new, f.read_text(encoding="utf-8")), encoding="utf-8")
         corpus += "\n" + new

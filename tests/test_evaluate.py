@@ -62,6 +62,7 @@ def test_an_edited_fact_changes_in_every_file_stating_it_and_nowhere_else(tmp_pa
     assert (tmp_path / "kb/shop.md").read_text() == f"The Power Adapter costs {new}. Shipping is free over $250, or $25.50."
     assert (tmp_path / "kb/help.md").read_text() == f"Install the Power Adapter ({new}, free with the Pro)."
     assert (tmp_path / "kb/other.md").read_text() == "A sensor pack is $25."
+    assert edit_facts(tmp_path / "kb", [{"question": "x", "answer": "25.50", "source": "shop.md"}], 5, seed=1) == []
 
 
 def test_shipped_questions_name_every_file_that_states_their_value():
