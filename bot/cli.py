@@ -180,10 +180,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         return 0
     lines = []
     if not result.relevant:
-        why = (f"best score {result.best_score:.2f} < threshold {result.threshold:.2f}"
-               if result.best_score < result.threshold - result.borderline else
-               f"best score {result.best_score:.2f} is near the threshold {result.threshold:.2f} and the passages hold "
-               f"{result.support:.0%} of the question's words, under {result.min_support:.0%}")
+        why = (f"best score {result.best_score:.2f} is near the threshold {result.threshold:.2f} and the passages hold "
+               f"{result.support or 0:.0%} of the question's words, under {result.min_support:.0%}" if result.in_band
+               else f"best score {result.best_score:.2f} < threshold {result.threshold:.2f}")
         lines.append(f"Nothing relevant found ({why}).")
         lines.append("Closest passages:" if result.passages else "The index is empty: add documents and run sync.")
     for p in result.passages:

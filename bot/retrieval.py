@@ -54,9 +54,14 @@ class SearchResult:
     threshold: float
     seconds: float = 0.0
     timings: dict = field(default_factory=dict)
-    support: float = 1.0  # share of the question's words found in the passages (see word_support)
     borderline: float = 0.0  # RetrievalSettings.borderline and .min_support
     min_support: float = 0.0
+    support: float | None = None  # share of the question's words in the passages; only worked out in the band
+
+    @property
+    def in_band(self) -> bool:
+        """The best score is within `borderline` of the threshold: the question's words decide."""
+        return self.threshold - self.borderline <= self.best_score < self.threshold + self.borderline
 
     @property
     def best_score(self) -> float:
@@ -66,10 +71,11 @@ class SearchResult:
     def relevant(self) -> bool:
         """False: nothing clears the threshold (or, near it, the passages miss most of the question's
         words), and the chain must not answer from these."""
-        best = self.best_score
-        if not self.passages or best < self.threshold - self.borderline:
+        if not self.passages:
             return False
-        return best >= self.threshold + self.borderline or self.support >= self.min_support
+        if self.in_band:
+            return self.support is not None and self.support >= self.min_support
+        return self.best_score >= self.threshold
 
     def to_dict(self) -> dict:
         return {
@@ -77,7 +83,7 @@ class SearchResult:
             "relevant": self.relevant,
             "threshold": self.threshold,
             "best_score": round(self.best_score, 4),
-            "support": round(self.support, 3),
+            "support": None if self.support is None else round(self.support, 3),
             "seconds": round(self.seconds, 4),
             "passages": [p.to_dict() for p in self.passages],
         }
@@ -149,9 +155,12 @@ class IndexView:
             meta = doc.metadata
             passages.append(Passage(n, meta["source"], meta.get("section", ""), meta.get("title", ""), body,
                                     cosine[i], self.ids[i], tuple(also[i])))
-        support = word_support(query, [self.docs[i].page_content for i in best])
-        return SearchResult(query, passages, params.threshold, time.perf_counter() - t0, support=support,
-                            borderline=params.borderline, min_support=params.min_support)
+        result = SearchResult(query, passages, params.threshold, borderline=params.borderline,
+                              min_support=params.min_support)
+        if result.in_band:  # tokenizing the passages costs more than the search: only where it decides
+            result.support = word_support(query, [self.docs[i].page_content for i in best])
+        result.seconds = time.perf_counter() - t0
+        return result
 
     def _leads(self) -> np.ndarray:
         """1.0 for each file's first passage (lowest offset; the earliest indexed on a tie, as PDF pages
