@@ -1,13 +1,17 @@
-"""Per-request adapter choice: what it costs, and what an adapter costs in decode speed.
+"""Per-request adapter choice: what it costs, and what a voice costs in speed, per serving path.
 
-    python bench/adapters.py [--model PATH] [--tokens 64] [--reps 5] [--json]
+    python bench/adapters.py [--model PATH --adapters-dir DIR] [--tokens 64] [--reps 5] [--json]
+    python bench/adapters.py --default        # SmolLM2-135M-Instruct and its shipped voices
 
 Without --model it builds a small Llama here (hidden 256, 4 layers, seeded) and trains two LoRA
 adapters for a few steps, so it runs offline in about a minute. Figures, all in this process:
 - choosing an adapter for a request with `AdapterRegistry.using()` (what the chain does), against
   the two alternatives: peft's global `set_adapter`, and loading the adapter from disk per request;
-- decode tokens/s: the bare model (no LoRA layers at all, the baseline), then the same model with
-  two adapters loaded, generating with none, and with an adapter.
+- decode tokens/s and time to the first token of a ~400-token prompt: the bare model (no LoRA
+  layers at all, the baseline), then the same model with the adapters loaded, generating with
+  none and with a voice, for each serving path (bot/merged.py): peft's unmerged mixed-batch path
+  (model.merge_voices false), merged weights per voice (the default), and merged + int8
+  (model.quantize int8).
 """
 
 from __future__ import annotations
@@ -65,9 +69,23 @@ def decode_rate(gen, adapter, tokens: int, reps: int) -> float:
     return round(statistics.median(rates[1:]), 1)  # the first run warms up
 
 
+def first_token_s(gen, adapter, reps: int) -> float:
+    """Median time to the first token of a prompt the size of a 4-passage question (~400 tokens)."""
+    kb = Path(__file__).resolve().parents[1] / "knowledge_base"
+    body = "\n\n".join(p.read_text(encoding="utf-8")[:420] for p in sorted(kb.rglob("*.md"))[:4])
+    messages = [{"role": "user", "content": f"{body}\n\nCustomer question: Do you ship to Canada?"}]
+    times = []
+    for _ in range(reps + 1):
+        t = time.perf_counter()
+        next(iter(gen.stream(messages, adapter, max_new_tokens=1)))
+        times.append(time.perf_counter() - t)
+    return round(statistics.median(times[1:]), 3)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="base model folder (default: build a small one here)")
+    ap.add_argument("--default", action="store_true", help="the default model and its shipped voices")
     ap.add_argument("--adapters-dir", type=Path, help="adapters for --model (default: train two here)")
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--reps", type=int, default=5)
@@ -82,19 +100,35 @@ def main() -> None:
     from bot.model import load_model
 
     root = Path(tempfile.mkdtemp(prefix="bench-adapters-"))
+    if args.default:
+        from bot import basemodel
+
+        args.model = str(basemodel.ensure_default(basemodel.cache_root(None), basemodel.progress_bar()))
+        args.adapters_dir = basemodel.VOICES_DIR
     base = Path(args.model) if args.model else build_tiny(root)
     adapters_dir = args.adapters_dir or train_two(base, root)
     ms_settings = ModelSettings(name=str(base))
 
     bare = load_model(ms_settings)
-    bare_rate = decode_rate(Generator(bare, AdapterRegistry(bare, root / "none"), ms_settings), "none",
-                            args.tokens, args.reps)
+    bare_gen = Generator(bare, AdapterRegistry(bare, root / "none", merge=False), ms_settings)
+    bare_rate = decode_rate(bare_gen, "none", args.tokens, args.reps)
+    bare_first = first_token_s(bare_gen, "none", args.reps)
+    del bare, bare_gen
 
-    loaded = load_model(ms_settings)
-    reg = AdapterRegistry(loaded, adapters_dir)
-    reg.scan()
-    names = [n for n in reg.names() if n != "none"]
-    gen = Generator(loaded, reg, ms_settings)
+    paths = {"peft unmerged (merge_voices false)": dict(merge=False),
+             "merged per voice (default)": dict(merge=True),
+             "merged + int8 (quantize int8)": dict(merge=True, quantize="int8")}
+    decode, first, memory = {"bare model (baseline)": bare_rate}, {"bare model (baseline)": bare_first}, {}
+    for label, kw in paths.items():
+        loaded = load_model(ms_settings)
+        reg = AdapterRegistry(loaded, adapters_dir, **kw)
+        reg.scan()
+        names = [n for n in reg.names() if n != "none"]
+        gen = Generator(loaded, reg, ms_settings)
+        for adapter in ("none", names[0]):
+            decode[f"{label}, {adapter}"] = decode_rate(gen, adapter, args.tokens, args.reps)
+            first[f"{label}, {adapter}"] = first_token_s(gen, adapter, args.reps)
+        memory[label] = round(reg.router.bytes() / 2**20)
 
     choose = []
     for i in range(2000):
@@ -114,30 +148,30 @@ def main() -> None:
         reload.append(time.perf_counter() - t)
         reg._peft.delete_adapter(f"reload{i}")
 
+    voice = f"merged per voice (default), {names[0]}"
     result = {
         "model": str(base) if args.model else "tiny Llama built here (hidden 256, 4 layers)",
-        "params_m": round(sum(p.numel() for p in bare.model.parameters()) / 1e6, 2),
+        "params_m": round(sum(p.numel() for p in loaded.model.parameters()) / 1e6, 2),
         "adapters": names,
         "torch_threads": torch.get_num_threads(),
         "choose_ms": {"using (per request, this project)": ms(choose), "set_adapter (global)": ms(set_global),
                       "load_adapter from disk": ms(reload)},
-        "decode_tokens_per_s": {
-            "bare model (baseline)": bare_rate,
-            "adapters loaded, none chosen": decode_rate(gen, "none", args.tokens, args.reps),
-            f"adapter {names[0]}": decode_rate(gen, names[0], args.tokens, args.reps),
-        },
+        "decode_tokens_per_s": decode,
+        "first_token_s": first,
+        "served_copies_mb": memory,
+        "adapter_vs_bare": round(decode[voice] / bare_rate, 3),
     }
-    rates = result["decode_tokens_per_s"]
-    result["adapter_vs_bare"] = round(rates[f"adapter {names[0]}"] / bare_rate, 3)
     if args.json:
         print(json.dumps(result))
         return
     print(f"model: {result['model']} ({result['params_m']}M parameters), {result['torch_threads']} threads")
     for k, v in result["choose_ms"].items():
         print(f"  choose adapter, {k:<32} {v:>9.4f} ms (median)")
-    for k, v in rates.items():
-        print(f"  decode, {k:<34} {v:>8.1f} tokens/s")
-    print(f"  adapter / bare decode speed: {result['adapter_vs_bare']:.2f}x")
+    for k, v in decode.items():
+        print(f"  {k:<48} decode {v:>7.1f} tokens/s   first token {first[k]:.3f} s")
+    for k, v in memory.items():
+        print(f"  served copies, {k:<34} {v:>6} MB")
+    print(f"  voice (merged) / bare decode speed: {result['adapter_vs_bare']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,10 @@
 """Voice adapters: scan `adapters/`, check each one, load them all into the one model, choose per request.
 
-Per-request choice without global state: peft's LoRA layers accept an `adapter_names` argument
-(its mixed-batch path). `generate(adapter_names=...)` injects it with hooks registered for the
-duration of the call, so two concurrent calls on one model see each other's hooks and can get
-the wrong voice. Instead every LoRA layer gets one permanent hook that reads the adapter from a
-thread-local set by `using(name)`: each generation thread carries its own choice.
+Per-request choice without global state: peft's `generate(adapter_names=...)` injects the choice
+with hooks registered for the duration of the call, so two concurrent calls on one model see
+each other's hooks and can get the wrong voice. Instead every layer reads the adapter from a
+thread-local set by `using(name)`, and serves that adapter's merged weights (bot/merged.py):
+each generation thread carries its own choice.
 
 A rescan never disturbs an answer being generated: a retrained adapter is loaded under a new
 internal name, published, and the old weights are dropped once no generation uses them.
@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bot.errors import SupportbotError
+from bot.merged import BASE, WeightRouter
 
 log = logging.getLogger(__name__)
 
 CARD_FILE = "adapter_card.json"
 NONE = "none"
-BASE = "__base__"  # peft's name for "no adapter" in adapter_names
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"}
 WEIGHTS = "adapter_model.safetensors"
 SAFE_INIT = (True, False, "gaussian")  # values of init_lora_weights that leave the base weights alone
@@ -108,7 +108,8 @@ def same_base(wanted: str, loaded: str) -> bool:
 
 
 class AdapterRegistry:
-    def __init__(self, loaded, directory: Path, shipped: Path | None = None):
+    def __init__(self, loaded, directory: Path, shipped: Path | None = None, merge: bool = True,
+                 quantize: str = "none"):
         self.loaded = loaded  # bot.model.LoadedModel
         self.directory = Path(directory)
         self.shipped = shipped  # the default model's shipped voices; `directory` wins on a name clash
@@ -118,6 +119,9 @@ class AdapterRegistry:
         self._lock = _RWLock()
         self._scan_lock = threading.Lock()
         self._versions = 0
+        # every linear layer serves the weights of the adapter its thread chose (bot/merged.py)
+        self.router = WeightRouter(loaded.model, lambda: getattr(self._local, "adapter", None), merge, quantize)
+        self.router.refresh()
 
     # --- choosing -------------------------------------------------------------------------
     def names(self) -> list[str]:
@@ -145,14 +149,6 @@ class AdapterRegistry:
                 yield
             finally:
                 self._local.adapter = None
-
-    def _hook(self, module, args, kwargs):
-        internal = getattr(self._local, "adapter", None)
-        if internal is None:  # training, or a caller outside using(): peft's own behaviour
-            return None
-        x = args[0] if args else kwargs["x"]
-        kwargs["adapter_names"] = [internal] * x.shape[0]
-        return args, kwargs
 
     # --- loading --------------------------------------------------------------------------
     def scan(self) -> list[Adapter]:
@@ -292,7 +288,6 @@ class AdapterRegistry:
 
     def _attach(self, folder: Path, internal: str) -> None:
         from peft import PeftModel
-        from peft.tuners.lora import LoraLayer
 
         with self._lock.write():
             if self._peft is None:
@@ -300,11 +295,8 @@ class AdapterRegistry:
                                                        is_trainable=False)
             else:
                 self._peft.load_adapter(str(folder), adapter_name=internal, is_trainable=False)
-            for module in self.loaded.model.modules():
-                if isinstance(module, LoraLayer) and not getattr(module, "_supportbot_hook", False):
-                    module.register_forward_pre_hook(self._hook, with_kwargs=True)
-                    module._supportbot_hook = True
             self.loaded.model.eval()
+            self.router.refresh()
 
     def _drop(self, internal: str) -> None:
         if self._peft is None or internal not in self._peft.peft_config:
@@ -315,4 +307,5 @@ class AdapterRegistry:
                     other = next(n for n in self._peft.peft_config if n != internal)
                     self._peft.set_adapter(other)
                 self._peft.delete_adapter(internal)
+            self.router.forget(internal)
             # the last one stays in memory unused: peft cannot delete its only adapter

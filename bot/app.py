@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
 from bot.config import Settings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -70,7 +73,11 @@ def adapter_registry(settings: Settings, loaded):
         from bot.endpoint import RemoteAdapters
 
         return RemoteAdapters(loaded, settings.adapters_dir, shipped, settings.model)
-    return AdapterRegistry(loaded, settings.adapters_dir, shipped)
+    quantize = settings.model.quantize
+    if quantize != "none" and loaded.device != "cpu":
+        log.warning("model.quantize %s runs on the CPU only; the model is on %s: not quantized", quantize, loaded.device)
+        quantize = "none"
+    return AdapterRegistry(loaded, settings.adapters_dir, shipped, merge=settings.model.merge_voices, quantize=quantize)
 
 
 def build_bot(settings: Settings, embeddings=None, loaded=None) -> Bot:

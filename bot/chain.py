@@ -242,6 +242,15 @@ class SupportChain:
             yield {"type": "token", "text": text}
         elif hold:
             yield {"type": "token", "text": text}
+        elif not stopped and cs.complete_asked_value and closest is not None and not carries(text, asked):
+            # shown sentence by sentence, the answer cannot be replaced once it lacks the value asked
+            # for (SmolLM2 with a voice: "Good news:" looping on an e-mail question): the passage's
+            # own sentence follows it, openly a quote
+            quote = best_sentences(closest.text, question, kind=asked, heading=_heading(closest))
+            extra = prompts.fallback_text(quote, closest.n)
+            yield {"type": "token", "text": "\n\n" + extra}
+            text, kind = f"{''.join(gate.released)}\n\n{extra}".strip(), "fallback"
+            cited = cited_numbers(text, len(passages))
         else:
             cited = cited_numbers(text, len(passages))
         timings["total_s"] = round(time.perf_counter() - state["t0"], 4)

@@ -94,6 +94,11 @@ class ModelSettings:
                     "parameters; else fp32), fp32, bf16 or fp16")
     device: str = _f("auto", "auto (GPU if there is one), cpu, cuda or mps")
     threads: int = _f(0, "CPU threads for torch (0: torch's default)")
+    merge_voices: bool = _f(True, "serve each voice from the base weights with its LoRA merged in, chosen per "
+                            "request: decodes as fast as no voice (SmolLM2, 2 cores: peft's unmerged path cut decode "
+                            "by a third) for a copy of the weights it changes per voice (226 MB fp32, 57 MB int8)")
+    quantize: str = _f("none", "none, or int8: every linear layer serves int8 weights (per output channel; "
+                       "activations quantized per call; CPU only)")
     context_tokens: int = _f(0, "prompt + answer budget in tokens (0: the model's own limit)")
     max_new_tokens: int = _f(200, "longest answer in tokens")
     loop_tokens: int = _f(12, "stop generating when the last this many tokens repeat earlier ones of the answer "
@@ -131,6 +136,10 @@ class ChainSettings:
     quote_asked_value: bool = _f(True, "an answer that falls back to a quote quotes, among the passages shown that hold "
                                  "the kind of value asked for (a price for 'how much', a phone number for 'phone'), "
                                  "the one whose sentence fits the question best; off: among all passages shown")
+    complete_asked_value: bool = _f(True, "an answer that ends without the kind of value its question asks for, where "
+                                    "the passage shown first holds one, is followed by that passage's sentence, quoted "
+                                    "and cited (counted as a fallback): nothing already shown is taken back, and "
+                                    "nothing is held back")
     require_closest: int = _f(0, "an answer that fits the question worse (fewer of its words, counting the headings "
                               "of the passages its values come from) than the best sentence of a passage holding the "
                               "kind of value asked for is replaced by a quote of that passage, so 'Premium' is not "
@@ -248,6 +257,11 @@ class Settings:
             raise ConfigError(f"train.placeholders must be keep, strip or fill, got {self.train.placeholders!r}")
         if self.train.precision not in {"auto", "bf16", "fp32"}:
             raise ConfigError(f"train.precision must be auto, bf16 or fp32, got {self.train.precision!r}")
+        if self.model.quantize not in {"none", "int8"}:
+            raise ConfigError(f"model.quantize must be none or int8, got {self.model.quantize!r}")
+        if self.model.quantize == "int8" and self.model.device not in {"auto", "cpu"}:
+            raise ConfigError(f"model.quantize int8 runs on the CPU only, and model.device is {self.model.device}",
+                              "set model.quantize none, or model.device cpu")
         if self.model.temperature < 0:
             raise ConfigError("model.temperature must be 0 or more")
         if self.model.endpoint and not self.model.endpoint.startswith(("http://", "https://")):

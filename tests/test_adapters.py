@@ -11,6 +11,7 @@ import pytest
 from bot.adapters import AdapterError, AdapterRegistry
 from bot.config import ModelSettings
 from bot.generation import Generator
+from bot.merged import BASE
 from conftest import VOICES, load_tiny, save_tiny_model, train_voice
 
 ASK = [{"role": "user", "content": "Do you ship to Canada?"}]
@@ -152,6 +153,11 @@ def test_rescan_picks_up_new_replaced_and_removed_adapters(tiny_base, voices_dir
     reg.scan()
     assert reg.names() == ["none", "sunny"]
     assert reply(reg, "none") == solo["none"]
+    assert _served_names(reg) == {BASE, reg.adapters["sunny"].internal}  # merged copies of the others freed
+
+
+def _served_names(reg) -> set:
+    return {name for m in reg.loaded.model.modules() for name in getattr(m, "_supportbot_routes", {})}
 
 
 def _hostile_config(key, value):
@@ -189,3 +195,41 @@ def test_hostile_adapter_configs_are_refused_and_the_base_is_untouched(tiny_base
     base = {k.replace(".base_layer", ""): v for k, v in reg.loaded.model.state_dict().items() if "lora_" not in k}
     assert all(torch.equal(fresh[k], base[k]) for k in fresh)
     assert reply(reg, "none") == solo["none"] and reply(reg, "sunny") == solo["sunny"]
+
+
+def _logits(model, ids):
+    import torch
+
+    with torch.inference_mode():
+        return model(torch.tensor([ids])).logits[0]
+
+
+@pytest.mark.parametrize("merge, quantize, tolerance", [
+    (True, "none", 1e-4),   # merged weights: peft's own sum, in another order
+    (False, "none", 1e-4),  # peft's mixed-batch path
+    (True, "int8", 0.1),    # int8 weights and activations: close, not equal (share of the logits' range)
+])
+def test_served_weights_give_each_voice_what_peft_gives_it_alone(tiny_base, voices_dir, merge, quantize, tolerance):
+    from peft import PeftModel
+
+    reg = AdapterRegistry(load_tiny(tiny_base), voices_dir, merge=merge, quantize=quantize)
+    reg.scan()
+    ids = reg.loaded.encode(ASK)
+    for name in ["none", *VOICES]:
+        reference = load_tiny(tiny_base).model
+        if name != "none":
+            reference = PeftModel.from_pretrained(reference, str(voices_dir / name)).eval()
+        want = _logits(reference, ids)
+        with reg.using(name):
+            got = _logits(reg.loaded.model, ids)
+        span = float(want.max() - want.min())
+        assert float((got - want).abs().max()) <= tolerance * (span if quantize == "int8" else 1), name
+        if quantize == "int8":  # close enough that the next token is the same nearly everywhere
+            assert float((got.argmax(-1) == want.argmax(-1)).float().mean()) >= 0.9, name
+    with reg.using("none"):  # outside a request the layers are peft's own, untouched
+        pass
+    assert float((_logits(reg.loaded.model, ids) - _logits(reg._peft, ids)).abs().max()) == 0.0
+    served = [r for m in reg.loaded.model.modules() for r in getattr(m, "_supportbot_routes", {}).values()]
+    assert served and all(hasattr(r, "_packed_params") == (quantize == "int8") for r in served)
+    assert (reg.router.bytes() > 0) == (merge or quantize == "int8")
+    assert _served_names(reg) == ({BASE} | ({a.internal for a in reg.adapters.values()} if merge else set()))

@@ -129,7 +129,8 @@ def test_an_answer_not_made_of_the_passages_words_is_quoted_instead_when_asked(
         tiny_base, adapters, index_dir, embeddings, min_copied, kind):
     """`sunny` answers everything with its greeting, words no passage has: with chain.min_copied the
     reply is replaced by a quote."""
-    bot = make_bot(tiny_base, adapters, index_dir, embeddings, min_copied=min_copied, grounding="off")
+    bot = make_bot(tiny_base, adapters, index_dir, embeddings, min_copied=min_copied, grounding="off",
+                   complete_asked_value=False)
     answer = bot.chain.ask(PRICE_Q, adapter="sunny")
     assert answer.generated and answer.kind == kind
     assert (answer.text == answer.generated) == (kind == "answer")
@@ -143,7 +144,7 @@ def test_an_answer_without_the_value_asked_for_is_quoted_instead_when_asked(
     """`sunny` answers a price question with its greeting, no price in it, while the passages hold
     one: with chain.require_asked_value the reply is replaced by a quote that has the price."""
     bot = make_bot(tiny_base, adapters, index_dir, embeddings, require_asked_value=require, min_copied=0.0,
-                   grounding="off")
+                   grounding="off", complete_asked_value=False)
     answer = bot.chain.ask(PRICE_Q, adapter="sunny")
     assert "$" not in answer.generated and answer.kind == kind
     assert ("$4.99" in answer.text) == (kind == "fallback")
@@ -314,3 +315,27 @@ def test_a_voices_own_phrases_are_not_checked_as_claims(tiny_base, adapters, ind
     assert "Fernway" not in answer.sources[0]["text"]  # nothing shown holds the name
     assert answer.kind == kind
     assert (answer.text == said) == (kind == "answer")
+
+
+EMAIL_Q = "Which e-mail address reaches customer support?"
+
+
+@pytest.mark.parametrize("complete, kind", [(True, "fallback"), (False, "answer")])
+def test_an_answer_that_ends_without_the_value_asked_for_is_followed_by_a_quote(
+        tiny_base, adapters, index_dir, embeddings, monkeypatch, complete, kind):
+    """SmolLM2's cheerful voice once answered the e-mail question "Good news: Good news: ..." until
+    the loop guard. Shown sentence by sentence, that cannot be taken back: with
+    chain.complete_asked_value the passage's own sentence follows it, quoted and cited."""
+    bot = make_bot(tiny_base, adapters, index_dir, embeddings, answer_first=True, value_passages=1,
+                   passage_sentences=1, complete_asked_value=complete)
+    said = "Good news: we are here to help. " * 3
+    monkeypatch.setattr(bot.chain.generator, "stream", lambda *a, **k: iter([said[:10], said[10:]]))
+    events = list(bot.chain.stream(EMAIL_Q, adapter="sunny"))
+    shown = "".join(e["text"] for e in events if e["type"] == "token")
+    answer = events[-1]["answer"]
+    assert shown.strip() == answer.text and answer.text.startswith("Good news: we are here to help.")  # nothing taken back
+    assert answer.kind == kind and answer.text.count("Good news") == 1  # the loop was cut
+    assert ("support@fernway.example" in answer.text) == complete
+    if complete:
+        assert answer.text.endswith("[1]") and [s["n"] for s in answer.sources if s["cited"]] == [1]
+        assert "support@fernway.example" in answer.sources[0]["text"]
