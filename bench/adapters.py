@@ -107,7 +107,9 @@ def main() -> None:
         args.adapters_dir = basemodel.VOICES_DIR
     base = Path(args.model) if args.model else build_tiny(root)
     adapters_dir = args.adapters_dir or train_two(base, root)
-    ms_settings = ModelSettings(name=str(base))
+    # each path measured on the same prompts: the prefix cache (measured in bench/answers.py) would
+    # serve the repeated ones from memory
+    ms_settings = ModelSettings(name=str(base), prefix_cache=False)
 
     bare = load_model(ms_settings)
     bare_gen = Generator(bare, AdapterRegistry(bare, root / "none", merge=False), ms_settings)

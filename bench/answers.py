@@ -62,8 +62,7 @@ def has(value: str, text: str) -> bool:
 
 def speed(rows: list[dict]) -> dict:
     firsts = [r["timings"]["first_token_s"] for r in rows if "first_token_s" in r["timings"]]
-    rates = [(r["timings"]["new_tokens"] - 1) / r["timings"]["generate_s"] for r in rows
-             if r["timings"].get("generate_s", 0) > 0.05 and r["timings"].get("new_tokens", 0) > 4]
+    rates = [r["timings"]["decode_tokens_per_s"] for r in rows if r["timings"].get("decode_tokens_per_s")]
     return {"first_token_p50_s": round(statistics.median(firsts), 3) if firsts else None,
             "decode_tokens_per_s": round(statistics.median(rates), 1) if rates else None}
 
@@ -75,6 +74,8 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=0, help="only the first N answerable questions (0: all)")
     ap.add_argument("--speed", type=int, default=0, metavar="N",
                     help="only time N answerable questions per adapter (first token, decode speed, memory)")
+    ap.add_argument("--quantize", choices=["auto", "none", "int8"], help="model.quantize (default: the setting's)")
+    ap.add_argument("--prompt-lookup", type=int, help="model.prompt_lookup (default: the setting's)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     from bot.app import build_bot, quiet_libraries
@@ -94,16 +95,20 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-answers-"))
     kb = tmp / "kb"
     shutil.copytree(REPO / "knowledge_base", kb)
+    overrides = {"model.quantize": args.quantize, "model.prompt_lookup": args.prompt_lookup}
     settings = load_settings({"kb": kb, "data_dir": tmp / "data", "adapters_dir": args.adapters_dir or tmp / "none",
-                              "model.name": args.model or None}, environ={})
+                              "model.name": args.model or None,
+                              **{k: v for k, v in overrides.items() if v is not None}}, environ={})
     bot = build_bot(settings)
     bot.kb.sync()
+    serving = {k: getattr(settings.model, k) for k in ("quantize", "prompt_lookup", "prefix_cache", "merge_voices")}
     kb_texts = [d.page_content for d in bot.kb.view().docs]
     adapters = bot.adapters.names()
     if args.speed:
         timed = {a: speed([r for r in ask_all(bot, inscope[: args.speed], a) if r["kind"] in ("answer", "fallback")])
                  for a in adapters}
         timed["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        timed["serving"] = serving
         # what the model is shown: retrieval.k passages, or chain.value_passages where a value is asked
         timed["passages_retrieved"] = settings.retrieval.k
         timed["passages_shown_for_a_value"] = settings.chain.value_passages if settings.chain.answer_first else None
@@ -123,7 +128,7 @@ def main() -> None:
     after = {a: ask_all(bot, edited, a) for a in adapters}
 
     result = {"model": bot.model.name, "questions": len(inscope), "edited_questions": len(edited),
-              "out_of_scope": len(outscope), "conversational": len(talk), "modes": {}}
+              "out_of_scope": len(outscope), "conversational": len(talk), "serving": serving, "modes": {}}
     for a in adapters:
         voice = next((v for v in VOICES if v.name == a), None)
         others = [v for v in VOICES if v.name != a]

@@ -120,7 +120,7 @@ class AdapterRegistry:
         self._scan_lock = threading.Lock()
         self._versions = 0
         # every linear layer serves the weights of the adapter its thread chose (bot/merged.py)
-        self.router = WeightRouter(loaded.model, lambda: getattr(self._local, "adapter", None), merge, quantize)
+        self.router = WeightRouter(loaded.model, self.served, merge, quantize)
         self.router.refresh()
 
     # --- choosing -------------------------------------------------------------------------
@@ -149,6 +149,10 @@ class AdapterRegistry:
                 yield
             finally:
                 self._local.adapter = None
+
+    def served(self) -> str | None:
+        """The weights this thread generates with inside `using()` (peft's internal name, or BASE)."""
+        return getattr(self._local, "adapter", None)
 
     # --- loading --------------------------------------------------------------------------
     def scan(self) -> list[Adapter]:

@@ -74,7 +74,9 @@ def adapter_registry(settings: Settings, loaded):
 
         return RemoteAdapters(loaded, settings.adapters_dir, shipped, settings.model)
     quantize = settings.model.quantize
-    if quantize != "none" and loaded.device != "cpu":
+    if quantize == "auto":
+        quantize = "int8" if loaded.device == "cpu" else "none"
+    elif quantize != "none" and loaded.device != "cpu":
         log.warning("model.quantize %s runs on the CPU only; the model is on %s: not quantized", quantize, loaded.device)
         quantize = "none"
     return AdapterRegistry(loaded, settings.adapters_dir, shipped, merge=settings.model.merge_voices, quantize=quantize)

@@ -256,6 +256,7 @@ class SupportChain:
         timings["total_s"] = round(time.perf_counter() - state["t0"], 4)
         timings["new_tokens"] = stats.new_tokens
         timings["generate_s"] = round(stats.seconds, 4)
+        timings["decode_tokens_per_s"] = stats.decode_rate
         yield {"type": "answer", "answer": Answer(
             text=text, adapter=state["adapter"], kind=kind, question=state["question"], flagged=flagged,
             sources=[_source(p, p.n in cited) for p in passages], generated=generated,

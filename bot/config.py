@@ -97,8 +97,16 @@ class ModelSettings:
     merge_voices: bool = _f(True, "serve each voice from the base weights with its LoRA merged in, chosen per "
                             "request: decodes as fast as no voice (SmolLM2, 2 cores: peft's unmerged path cut decode "
                             "by a third) for a copy of the weights it changes per voice (226 MB fp32, 57 MB int8)")
-    quantize: str = _f("none", "none, or int8: every linear layer serves int8 weights (per output channel; "
-                       "activations quantized per call; CPU only)")
+    quantize: str = _f("auto", "int8: each decoding step reads int8 weights (one scale per output channel, bf16 "
+                       "activations) instead of float ones, a quarter of fp32's bytes; the prompt's prefill keeps the "
+                       "float weights; CPU only. auto: int8 on a CPU, none on a GPU")
+    prompt_lookup: int = _f(8, "prompt lookup decoding: up to this many tokens that followed the last few generated "
+                            "ones earlier in the prompt or answer are checked in the same forward pass as the next "
+                            "token, and kept as far as greedy decoding agrees (answers copy passages); the output is "
+                            "the same (0: off; greedy decoding only)")
+    prefix_cache: bool = _f(True, "per voice, keep the keys and values of the last prompt and reuse those of the "
+                            "start the next prompt shares with it (the instructions: about a third of an answer prompt) "
+                            "instead of computing them again")
     context_tokens: int = _f(0, "prompt + answer budget in tokens (0: the model's own limit)")
     max_new_tokens: int = _f(200, "longest answer in tokens")
     loop_tokens: int = _f(12, "stop generating when the last this many tokens repeat earlier ones of the answer "
@@ -257,8 +265,8 @@ class Settings:
             raise ConfigError(f"train.placeholders must be keep, strip or fill, got {self.train.placeholders!r}")
         if self.train.precision not in {"auto", "bf16", "fp32"}:
             raise ConfigError(f"train.precision must be auto, bf16 or fp32, got {self.train.precision!r}")
-        if self.model.quantize not in {"none", "int8"}:
-            raise ConfigError(f"model.quantize must be none or int8, got {self.model.quantize!r}")
+        if self.model.quantize not in {"auto", "none", "int8"}:
+            raise ConfigError(f"model.quantize must be auto, none or int8, got {self.model.quantize!r}")
         if self.model.quantize == "int8" and self.model.device not in {"auto", "cpu"}:
             raise ConfigError(f"model.quantize int8 runs on the CPU only, and model.device is {self.model.device}",
                               "set model.quantize none, or model.device cpu")

@@ -264,10 +264,11 @@ class EndpointGenerator:
                 if not piece:
                     continue
                 now = time.perf_counter()
-                first = first or now
-                stats.seconds = now - first
                 text += piece
                 new = tok(text, add_special_tokens=False)["input_ids"]
+                if first is None:
+                    first, stats.first_tokens = now, len(new)
+                stats.seconds = now - first
                 stats.new_tokens = len(new)
                 yield piece
                 if stop is not None and stop.is_set():

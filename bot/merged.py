@@ -8,9 +8,11 @@ adapter merged in, and each call uses the one its thread chose (`AdapterRegistry
 matmul per layer whatever the voice, as exact as peft's merge. The price is memory: a copy of the
 targeted weights per voice (226 MB each on SmolLM2 in fp32, 57 MB in int8).
 
-With `quantize="int8"` every linear layer (the LM head too) serves from a copy with int8 weights
-per output channel and activations quantized per call (torch's dynamic quantization, CPU only):
-fewer bytes to read per token, the cost that bounds decoding on a small CPU.
+With `quantize="int8"` every linear layer (the LM head too) decodes from int8 weights, one scale
+per output channel, with activations in bf16: decoding a token reads every weight once, so on a
+small CPU its speed is the memory's (SmolLM2 in fp32: 538 MB per token). The prompt's prefill
+keeps the float weights. (torch's dynamic quantization, int8 activations too, was tried first:
+own answers fell from 0.975 to 0.45 on the shipped questions.)
 
 peft's own forward still runs outside `using()` (training) and for adapters that cannot be merged
 this way (DoRA, LoRA on embeddings): those take the mixed-batch path.
@@ -19,28 +21,48 @@ this way (DoRA, LoRA on embeddings): those take the mixed-batch path.
 from __future__ import annotations
 
 import types
-import warnings
 from typing import Callable
 
 BASE = "__base__"  # peft's name for "no adapter" in adapter_names
 QUANTIZE = ("none", "int8")
 
 
-def _int8(weight, bias):
-    """A dynamically quantized linear layer (int8 weights per output channel) for this weight."""
-    import torch
-    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
-    from torch.ao.quantization import per_channel_dynamic_qconfig
+class Int8Linear:
+    """A linear layer that decodes from int8 weights (one per output channel scale).
 
-    dense = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
-    with torch.no_grad():
-        dense.weight.copy_(weight.float())
-        if bias is not None:
-            dense.bias.copy_(bias.float())
-    dense.qconfig = per_channel_dynamic_qconfig
-    with warnings.catch_warnings():  # torch 2.13 marks quantized tensors deprecated; the pinned torch has them
-        warnings.simplefilter("ignore")
-        return DynamicLinear.from_float(dense)
+    Decoding a token is a matrix-vector product bounded by the bytes of weights read, a quarter
+    of fp32's in int8 (torch's `_weight_int8pack_mm`, activations in bf16); so is checking a
+    prompt-lookup draft of a few tokens. A prompt's prefill is a matrix product, where that
+    kernel is slower than the float one: it uses the float weight.
+    """
+
+    MAX_ROWS = 16  # tokens at once up to which int8 is faster (2 AMD EPYC cores; 32: twice slower)
+
+    def __init__(self, weight, bias, dense: Callable | None = None):
+        """`weight` is quantized; `dense` computes the float result for a prefill (default: with
+        `weight`, which is then kept; a voice passes base + its LoRA, so no merged copy stays)."""
+        import torch
+
+        w = weight.detach().float()
+        scales = (w.abs().amax(dim=1) / 127).clamp(min=1e-12)
+        self.q = torch.round(w / scales[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
+        self.scales = scales.to(torch.bfloat16)
+        self.bias = bias
+        self.dense = dense or _Dense(weight, bias)
+
+    def __call__(self, x):
+        import torch
+
+        rows = x.numel() // x.shape[-1]
+        if rows > self.MAX_ROWS:
+            return self.dense(x)
+        y = torch.ops.aten._weight_int8pack_mm(x.reshape(rows, -1).to(torch.bfloat16), self.q, self.scales)
+        y = y.to(x.dtype).reshape(*x.shape[:-1], -1)
+        return y if self.bias is None else y + self.bias
+
+    @property
+    def nbytes(self) -> int:
+        return self.q.numel() + self.scales.numel() * 2 + getattr(self.dense, "nbytes", 0)
 
 
 class WeightRouter:
@@ -76,39 +98,29 @@ class WeightRouter:
                     if name not in routes and name not in module.lora_variant:  # DoRA & co: peft's path
                         with torch.no_grad():
                             merged = base.weight + module.get_delta_weight(name).to(base.weight.dtype)
-                        routes[name] = self._serve(merged, base.bias)
+                        if self.quantize == "int8":  # the prefill adds the LoRA: no float copy kept
+                            lora = _Lora(base.weight, base.bias, module.lora_A[name].weight,
+                                         module.lora_B[name].weight, module.scaling[name])
+                            routes[name] = Int8Linear(merged, base.bias, dense=lora)
+                        else:
+                            routes[name] = _Dense(merged, base.bias, owned=True)
             elif isinstance(module, LoraLayer):
                 self._routes(module, lora=True)  # embeddings, Conv1D: peft's mixed-batch path
             elif (type(module) is torch.nn.Linear and self.quantize == "int8" and id(module) not in inside_lora
                   and not hasattr(module, "_supportbot_routes")):
-                self._routes(module, lora=False)[BASE] = _int8(module.weight, module.bias)
+                self._routes(module, lora=False)[BASE] = Int8Linear(module.weight, module.bias)
 
     def forget(self, name: str) -> None:
         for module in self.model.modules():
             getattr(module, "_supportbot_routes", {}).pop(name, None)
 
     def bytes(self) -> int:
-        """Memory the served copies take (fp32 merges share nothing with the base weights)."""
-        total = 0
-        for module in self.model.modules():
-            for name, fn in getattr(module, "_supportbot_routes", {}).items():
-                if hasattr(fn, "_packed_params"):
-                    w, b = fn._weight_bias()
-                    total += w.numel() + (b.numel() * 4 if b is not None else 0)
-                elif name != BASE or self.quantize == "int8":
-                    total += sum(t.numel() * t.element_size() for t in getattr(fn, "_tensors", ()))
-        return total
+        """Memory the served copies take: merged weights (the base's own are shared) and int8 copies."""
+        return sum(fn.nbytes for m in self.model.modules() for fn in getattr(m, "_supportbot_routes", {}).values())
 
     # --- internals ------------------------------------------------------------------------
     def _serve(self, weight, bias):
-        if self.quantize == "int8":
-            return _int8(weight, bias)
-        import torch.nn.functional as F
-
-        def dense(x, w=weight, b=bias):
-            return F.linear(x, w, b)
-        dense._tensors = (weight,)
-        return dense
+        return Int8Linear(weight, bias) if self.quantize == "int8" else _Dense(weight, bias)
 
     def _routes(self, module, lora: bool) -> dict:
         routes = getattr(module, "_supportbot_routes", None)
@@ -130,3 +142,27 @@ class WeightRouter:
 
         module.forward = types.MethodType(forward, module)
         return routes
+
+
+class _Dense:
+    def __init__(self, weight, bias, owned: bool = False):
+        self.weight, self.bias = weight, bias
+        self.nbytes = weight.numel() * weight.element_size() if owned else 0  # merged: a copy of its own
+
+    def __call__(self, x):
+        import torch.nn.functional as F
+
+        return F.linear(x, self.weight, self.bias)
+
+
+class _Lora:
+    """Base weight plus an unmerged LoRA: the float path of an int8 voice (prefills only)."""
+
+    def __init__(self, weight, bias, a, b, scaling: float):
+        self.weight, self.bias, self.a, self.b, self.scaling = weight, bias, a, b, scaling
+        self.nbytes = 0  # the LoRA's own tensors, shared with peft
+
+    def __call__(self, x):
+        import torch.nn.functional as F
+
+        return F.linear(x, self.weight, self.bias) + F.linear(F.linear(x, self.a), self.b) * self.scaling

@@ -11,7 +11,7 @@ import pytest
 from bot.adapters import AdapterError, AdapterRegistry
 from bot.config import ModelSettings
 from bot.generation import Generator
-from bot.merged import BASE
+from bot.merged import BASE, Int8Linear
 from conftest import VOICES, load_tiny, save_tiny_model, train_voice
 
 ASK = [{"role": "user", "content": "Do you ship to Canada?"}]
@@ -198,16 +198,22 @@ def test_hostile_adapter_configs_are_refused_and_the_base_is_untouched(tiny_base
 
 
 def _logits(model, ids):
+    """The logits of a prefill of all but the last token, and of one decoding step for the last
+    (one token at a time is where int8 weights are used)."""
     import torch
+    from transformers import DynamicCache
 
     with torch.inference_mode():
-        return model(torch.tensor([ids])).logits[0]
+        cache = DynamicCache()
+        prefill = model(input_ids=torch.tensor([ids[:-1]]), cache=cache).logits[0]
+        step = model(input_ids=torch.tensor([ids[-1:]]), cache=cache).logits[0]
+        return torch.cat([prefill, step])
 
 
 @pytest.mark.parametrize("merge, quantize, tolerance", [
     (True, "none", 1e-4),   # merged weights: peft's own sum, in another order
     (False, "none", 1e-4),  # peft's mixed-batch path
-    (True, "int8", 0.1),    # int8 weights and activations: close, not equal (share of the logits' range)
+    (True, "int8", 0.05),   # steps of a few tokens from int8 weights, bf16 activations: close (share of range)
 ])
 def test_served_weights_give_each_voice_what_peft_gives_it_alone(tiny_base, voices_dir, merge, quantize, tolerance):
     from peft import PeftModel
@@ -224,12 +230,12 @@ def test_served_weights_give_each_voice_what_peft_gives_it_alone(tiny_base, voic
             got = _logits(reg.loaded.model, ids)
         span = float(want.max() - want.min())
         assert float((got - want).abs().max()) <= tolerance * (span if quantize == "int8" else 1), name
-        if quantize == "int8":  # close enough that the next token is the same nearly everywhere
-            assert float((got.argmax(-1) == want.argmax(-1)).float().mean()) >= 0.9, name
+        assert int(got[-1].argmax()) == int(want[-1].argmax()), name
     with reg.using("none"):  # outside a request the layers are peft's own, untouched
         pass
     assert float((_logits(reg.loaded.model, ids) - _logits(reg._peft, ids)).abs().max()) == 0.0
     served = [r for m in reg.loaded.model.modules() for r in getattr(m, "_supportbot_routes", {}).values()]
-    assert served and all(hasattr(r, "_packed_params") == (quantize == "int8") for r in served)
+    assert served and all(isinstance(r, Int8Linear) == (quantize == "int8") for r in served)
     assert (reg.router.bytes() > 0) == (merge or quantize == "int8")
     assert _served_names(reg) == ({BASE} | ({a.internal for a in reg.adapters.values()} if merge else set()))
+
