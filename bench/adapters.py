@@ -107,9 +107,9 @@ def main() -> None:
         args.adapters_dir = basemodel.VOICES_DIR
     base = Path(args.model) if args.model else build_tiny(root)
     adapters_dir = args.adapters_dir or train_two(base, root)
-    # each path measured on the same prompts: the prefix cache (measured in bench/answers.py) would
-    # serve the repeated ones from memory
-    ms_settings = ModelSettings(name=str(base), prefix_cache=False)
+    # each path measured alone on the same prompts: the prefix cache would serve the repeated ones
+    # from memory, and prompt lookup depends on the text (both measured in bench/answers.py)
+    ms_settings = ModelSettings(name=str(base), prefix_cache=False, prompt_lookup=0)
 
     bare = load_model(ms_settings)
     bare_gen = Generator(bare, AdapterRegistry(bare, root / "none", merge=False), ms_settings)
@@ -118,8 +118,8 @@ def main() -> None:
     del bare, bare_gen
 
     paths = {"peft unmerged (merge_voices false)": dict(merge=False),
-             "merged per voice (default)": dict(merge=True),
-             "merged + int8 (quantize int8)": dict(merge=True, quantize="int8")}
+             "merged per voice, fp32 (quantize none)": dict(merge=True),
+             "merged + int8 (quantize int8, CPU default)": dict(merge=True, quantize="int8")}
     decode, first, memory = {"bare model (baseline)": bare_rate}, {"bare model (baseline)": bare_first}, {}
     for label, kw in paths.items():
         loaded = load_model(ms_settings)
@@ -150,7 +150,7 @@ def main() -> None:
         reload.append(time.perf_counter() - t)
         reg._peft.delete_adapter(f"reload{i}")
 
-    voice = f"merged per voice (default), {names[0]}"
+    voice = f"merged + int8 (quantize int8, CPU default), {names[0]}"
     result = {
         "model": str(base) if args.model else "tiny Llama built here (hidden 256, 4 layers)",
         "params_m": round(sum(p.numel() for p in loaded.model.parameters()) / 1e6, 2),
@@ -173,7 +173,7 @@ def main() -> None:
         print(f"  {k:<48} decode {v:>7.1f} tokens/s   first token {first[k]:.3f} s")
     for k, v in memory.items():
         print(f"  served copies, {k:<34} {v:>6} MB")
-    print(f"  voice (merged) / bare decode speed: {result['adapter_vs_bare']:.2f}x")
+    print(f"  voice (merged + int8) / bare decode speed: {result['adapter_vs_bare']:.2f}x")
 
 
 if __name__ == "__main__":
