@@ -13,6 +13,7 @@ is the one token-by-token decoding gives (up to float rounding of a batched matm
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 
@@ -35,9 +36,6 @@ def draft(tokens: list[int], size: int, extra: list[int] = (), max_ngram: int = 
     return []
 
 
-_GROWING = None
-
-
 def new_cache(config):
     """A transformers DynamicCache whose layers grow in place (see `_growing_layer`)."""
     from transformers import DynamicCache
@@ -48,14 +46,12 @@ def new_cache(config):
     return cache
 
 
+@functools.cache
 def _growing_layer():
     """DynamicLayer appends each step's keys and values with torch.cat: a copy of the whole cache
     per layer per token (18% of a decoding step on SmolLM2, 2 cores). This one writes into a
     buffer that doubles when full and hands attention a view of the filled part."""
-    global _GROWING
-    if _GROWING is not None:
-        return _GROWING
-    from transformers.cache_utils import DynamicLayer
+    from transformers.cache_utils import DynamicLayer  # the class is built on first use: heavy import
 
     class GrowingLayer(DynamicLayer):
         def lazy_initialization(self, key_states, value_states) -> None:
@@ -94,7 +90,6 @@ def _growing_layer():
                 new.keys, new.values = new._k[..., :self._n, :], new._v[..., :self._n, :]
             return new
 
-    _GROWING = GrowingLayer
     return GrowingLayer
 
 
