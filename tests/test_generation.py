@@ -134,3 +134,23 @@ def test_the_draft_is_what_followed_the_last_tokens_before(tokens, extra, want):
     from bot.decoding import draft
 
     assert draft(tokens, 4, extra) == want
+
+
+def test_sampling_runs_through_generate_with_the_same_stops(reg):
+    """model.temperature > 0 samples with transformers' generate(): the same streaming, token
+    budget and stop as the greedy loop."""
+    import threading
+
+    import torch
+
+    torch.manual_seed(0)
+    gen = Generator(reg.loaded, reg, ModelSettings(temperature=0.9, loop_tokens=0))
+    stats = GenerationStats()
+    text = "".join(gen.stream(ASK, "sunny", max_new_tokens=12, stats=stats))
+    assert text and 1 <= stats.new_tokens <= 12
+    stop, stats = threading.Event(), GenerationStats()
+    stream = gen.stream(ASK, "formal", stop=stop, max_new_tokens=400, stats=stats, min_new_tokens=400)
+    next(stream)
+    stop.set()
+    list(stream)
+    assert stats.stopped and stats.new_tokens < 400
