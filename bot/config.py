@@ -96,7 +96,7 @@ class ModelSettings:
     threads: int = _f(0, "CPU threads for torch (0: torch's default)")
     merge_voices: bool = _f(True, "serve each voice from the base weights with its LoRA merged in, chosen per "
                             "request: decodes as fast as no voice (SmolLM2, 2 cores: peft's unmerged path cut decode "
-                            "by a third) for a copy of the weights it changes per voice (226 MB fp32, 57 MB int8)")
+                            "by a third) for a copy of the weights it changes per voice (216 MB fp32, 57 MB int8)")
     quantize: str = _f("auto", "int8: each decoding step reads int8 weights (one scale per output channel, bf16 "
                        "activations) instead of float ones, a quarter of fp32's bytes; the prompt's prefill keeps the "
                        "float weights; CPU only. auto: int8 on a CPU, none on a GPU")
@@ -104,9 +104,9 @@ class ModelSettings:
                             "ones earlier in the prompt or answer are checked in the same forward pass as the next "
                             "token, and kept as far as greedy decoding agrees (answers copy passages); the output is "
                             "the same (0: off; greedy decoding only)")
-    prefix_cache: bool = _f(True, "per voice, keep the keys and values of the last prompt and reuse those of the "
-                            "start the next prompt shares with it (the instructions: about a third of an answer prompt) "
-                            "instead of computing them again")
+    prefix_cache: bool = _f(True, "per voice, keep the keys and values of its last two prompts and reuse those of "
+                            "the start the next prompt shares with one (the instructions: about a third of an answer "
+                            "prompt) instead of computing them again")
     context_tokens: int = _f(0, "prompt + answer budget in tokens (0: the model's own limit)")
     max_new_tokens: int = _f(200, "longest answer in tokens")
     loop_tokens: int = _f(12, "stop generating when the last this many tokens repeat earlier ones of the answer "

@@ -6,7 +6,7 @@ token: SmolLM2-135M with a rank-8 voice on 16 of its 30 layers decoded at 7.0 to
 request. Instead each LoRA layer keeps, for every loaded adapter, its base weight with that
 adapter merged in, and each call uses the one its thread chose (`AdapterRegistry.using`): one
 matmul per layer whatever the voice, as exact as peft's merge. The price is memory: a copy of the
-targeted weights per voice (226 MB each on SmolLM2 in fp32, 57 MB in int8).
+targeted weights per voice (216 MB each on SmolLM2 in fp32, 57 MB in int8).
 
 With `quantize="int8"` every linear layer (the LM head too) decodes from int8 weights, one scale
 per output channel, with activations in bf16: decoding a token reads every weight once, so on a
